@@ -142,4 +142,5 @@ d = { 'settings': { 'branch': 'main',
                                  'devchange.stage.run_stage': ('stage.html#run_stage', 'devchange/stage.py'),
                                  'devchange.stage.stage_notebook': ('stage.html#stage_notebook', 'devchange/stage.py'),
                                  'devchange.stage.stage_param_keys': ('stage.html#stage_param_keys', 'devchange/stage.py'),
-                                 'devchange.stage.stage_parameters': ('stage.html#stage_parameters', 'devchange/stage.py')}}}
+                                 'devchange.stage.stage_parameters': ('stage.html#stage_parameters', 'devchange/stage.py'),
+                                 'devchange.stage.strip_run_metadata': ('stage.html#strip_run_metadata', 'devchange/stage.py')}}}

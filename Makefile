@@ -1,0 +1,38 @@
+# Every command a person or CI runs. One environment: .venv, built from requirements.lock.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+UV_VERSION := 0.13.9
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONHASHSEED := 0
+
+.PHONY: help env run test lab ui export clean-nbs lock
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock setup.py settings.ini
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync --quiet --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python --no-deps -e .
+	$(VENV)/bin/python -m ipykernel install --sys-prefix --name devchange --display-name "Python (devchange)" >/dev/null
+	touch $@
+
+env: $(VENV)/.installed  ## create .venv from the lock, install devchange and its Jupyter kernel
+
+run: env  ## run the whole pipeline (dvc repro)
+	dvc repro
+
+test: env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end
+	pytest
+
+lab: env  ## open the notebooks in JupyterLab
+	jupyter lab nbs/
+
+export: env  ## regenerate devchange/ from the notebooks, then strip the notebooks
+	nbdev_export
+	nbdev_clean
+
+lock: env  ## re-resolve requirements.in into requirements.lock
+	uv pip compile requirements.in -o requirements.lock --python-version 3.11
