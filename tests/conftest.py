@@ -1,11 +1,15 @@
 """Shared fixtures: the repository, a working copy of it, and commands run in that copy."""
 import os
+import signal
+import socket
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +68,56 @@ TINY = {  # small enough for seconds per stage, big enough for every fold to hol
     "models.lightgbm.params.n_estimators": 40,
     "models.lightgbm.params.min_child_samples": 20,
 }
+
+
+SERVER_START_S = 180  # a cold start on a busy 2-core runner takes 15-50 s
+
+
+def free_port() -> int:
+    "A port nobody listens on (free now, closed once the socket is)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    # `mlflow server` starts uvicorn workers in its process group (its own session): end the group
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            time.sleep(0.5)  # let the workers follow their parent
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    "A real `mlflow server` on 127.0.0.1 and a free port, SQLite store in a temporary folder."
+    store = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job consumers: faster start and stop
+    log = (store / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts")],
+        cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok: break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer /health: {(store / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield uri
+    finally:
+        _stop(proc)
+        log.close()
