@@ -10,14 +10,14 @@ import pytest
 
 from conftest import TINY, copy_project, run, update_params
 
-STAGES = ["generate", "validate", "featurize", "cross_validate", "train", "score"]
+STAGES = ["generate", "validate", "featurize", "cross_validate", "train", "promote", "score"]
 OUTPUTS = ["data/raw/target.feather", "data/raw/user_features.feather", "data/raw/scoring_user_features.feather",
            "data/raw/scoring_target.feather", "data/raw/oracle.feather",
            "data/processed/train.parquet", "data/processed/scoring.parquet", "data/processed/features.json",
            "data/predictions/oof.parquet", "data/predictions/scoring.parquet",
            "models/model.joblib", "models/model.json",
            "reports/metrics/data.json", "reports/metrics/cv.json", "reports/metrics/train.json",
-           "reports/metrics/score.json", "reports/plots/cv_folds.csv", "reports/plots/gains.csv",
+           "reports/metrics/promotion.json", "reports/metrics/score.json", "reports/plots/cv_folds.csv", "reports/plots/gains.csv",
            "reports/plots/importance.csv"]
 
 
