@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test lab ui export clean-nbs lock
+.PHONY: help env run test lab ui export lock
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,11 @@ test: env  ## every test: nbdev checks, library units, notebooks (nbval), pipeli
 
 lab: env  ## open the notebooks in JupyterLab
 	jupyter lab nbs/
+
+UI_PORT ?= 5000
+ui: env  ## MLflow UI for the embedded store (mlflow.db, mlartifacts/) on http://127.0.0.1:$(UI_PORT)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts \
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 export: env  ## regenerate devchange/ from the notebooks, then strip the notebooks
 	nbdev_export
