@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
+PYTHON ?= python3
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
@@ -12,7 +13,8 @@ help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock setup.py settings.ini
-	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "requirements.lock is resolved for Python 3.11; $(PYTHON) is " + sys.version.split()[0] + " (use make PYTHON=python3.11 ...)")'
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip sync --quiet --python $(VENV)/bin/python requirements.lock
 	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python --no-deps -e .
@@ -31,7 +33,7 @@ lab: env  ## open the notebooks in JupyterLab
 	jupyter lab nbs/
 
 UI_PORT ?= 5000
-ui: env  ## MLflow UI for the embedded store (mlflow.db, mlartifacts/) on http://127.0.0.1:$(UI_PORT)
+ui: env  ## MLflow UI for the embedded store (mlflow.db, mlartifacts/) on http://127.0.0.1:5000 (UI_PORT=...)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
