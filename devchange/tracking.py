@@ -34,11 +34,11 @@ from .io import to_jsonable
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER',
-           'SKOPS_TRUSTED_SKLEARN', 'PROMOTION_METRIC', 'TrackingError', 'tracking_uri', 'experiment_name',
-           'artifact_location', 'redact', 'probe', 'configure', 'git_state', 'raw_data_hash', 'PipelineContext',
-           'pipeline_context', 'pipeline_run', 'log_cross_validation', 'run_tree', 'model_aliases', 'log_training',
-           'decide_promotion', 'apply_promotion', 'load_champion', 'log_stage_report']
+           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER', 'PROMOTION_METRIC',
+           'SKOPS_TRUSTED_SKLEARN', 'TrackingError', 'tracking_uri', 'experiment_name', 'artifact_location', 'redact',
+           'probe', 'configure', 'git_state', 'raw_data_hash', 'PipelineContext', 'pipeline_context', 'pipeline_run',
+           'log_cross_validation', 'run_tree', 'model_aliases', 'log_training', 'decide_promotion', 'apply_promotion',
+           'load_champion', 'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #e383097c
 class TrackingError(RuntimeError):
@@ -356,8 +356,9 @@ def run_tree(parent_run_id: str, client: MlflowClient | None = None,
     walk(parent, 0)
     return pd.DataFrame(rows)
 
-# %% ../nbs/11_tracking.ipynb #15003fa1
+# %% ../nbs/11_tracking.ipynb #c697c658
 CHAMPION, CHALLENGER = "champion", "challenger"
+PROMOTION_METRIC = "lift_at_k"
 SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
 "Types beyond skops' defaults in the logistic pipeline (OneHotEncoder keeps its output dtype)."
 
@@ -424,10 +425,7 @@ def log_training(model, spec_columns: list[str], example: pd.DataFrame, importan
         mlflow.set_tag("devchange.registered_version", f"{model_name}/{version}")
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version}
 
-# %% ../nbs/11_tracking.ipynb #9c23a683
-PROMOTION_METRIC = "lift_at_k"
-
-
+# %% ../nbs/11_tracking.ipynb #fe762041
 def _alias_version(client: MlflowClient, model_name: str, alias: str) -> int | None:
     return model_aliases(client, model_name).get(alias)
 
