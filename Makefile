@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock
+.PHONY: help env run test bench lab ui export lock promote
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ run: env  ## run the whole pipeline (dvc repro)
 
 test: env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end
 	pytest
+
+promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
+	devchange promote
 
 bench: env  ## time and peak memory per step at 20k and 100k users (benchmarks/scale.py)
 	python benchmarks/scale.py
