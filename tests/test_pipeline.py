@@ -57,6 +57,16 @@ def test_second_repro_has_nothing_to_do(project):
     assert "up to date" in run(["dvc", "status"], root).stdout
 
 
+def test_a_forced_rerun_reproduces_every_output_byte_for_byte(project):
+    "Every hash in dvc.lock (data, models, metrics, executed reports) is a function of code, data and params."
+    root, _ = project
+    before = (root / "dvc.lock").read_text()
+    run(["dvc", "repro", "--force"], root)
+    after = (root / "dvc.lock").read_text()
+    assert after == before, "outputs differ between two runs of the same inputs: " + "; ".join(
+        l.strip() for l in after.splitlines() if l not in before.splitlines())[:2000]
+
+
 def test_cross_validation_metrics(project):
     root, _ = project
     cv = json.loads((root / "reports/metrics/cv.json").read_text())
