@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock airflow-env airflow airflow-cli airflow-lock
+.PHONY: help env run test bench lab ui export lock promote
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: env  ## run the whole pipeline (dvc repro)
 test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
 	pytest
 
+promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
+	devchange promote
+
 bench: env  ## time and peak memory per step at 20k and 100k users (benchmarks/scale.py)
 	python benchmarks/scale.py
 
@@ -49,6 +52,7 @@ lock: env  ## re-resolve requirements.in into requirements.lock
 
 # Airflow: its own environment (.venv-airflow, from airflow/requirements.lock; its web and database
 # pins never meet the project's lock). Its tasks run the project's commands with $(VENV).
+.PHONY: airflow-env airflow airflow-cli airflow-lock
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_PORT ?= 8080
 # tasks at once: 1 suits the SQLite stores (Airflow's and MLflow's) of one small machine
