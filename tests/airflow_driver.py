@@ -36,6 +36,7 @@ def describe(bag: BundleDagBag) -> dict:
                        "trigger_rule": str(t.trigger_rule.value),
                        "upstream": sorted(t.upstream_task_ids),
                        "operator": type(t).__name__,
+                       "queue": t.queue,
                        "bash_command": getattr(t, "bash_command", None),
                        "cwd": getattr(t, "cwd", None)}
                       for t in dag.topological_sort()],

@@ -65,7 +65,7 @@ def driver(root: Path, *args: str, check: bool = True, **extra_env) -> tuple[dic
 def project(tmp_path_factory):
     "A copy of the repository on tiny data, with a migrated Airflow home inside it."
     root = copy_project(tmp_path_factory.mktemp("airflow") / "devchange",
-                        skip_prefixes=("reports/", "data/raw", "dvc.lock"))
+                        skip_prefixes=("reports/", "data/raw", "data/production", "dvc.lock"))
     update_params(root, TINY)
     run(["git", "commit", "-qam", "tiny params"], root)
     run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], root, extra_env=airflow_env(root))
@@ -106,7 +106,7 @@ def test_training_dag_is_the_dvc_pipeline(project, parsed):
         assert f"dvc repro --single-item {t['task_id']}" in t["bash_command"]
         assert str(BIN.parent / "bin") in t["bash_command"]  # the project's environment first on PATH
         assert t["cwd"] == str(project)
-        assert (t["retries"], t["retry_delay_s"], t["timeout_s"]) == (1, 300, 7200)  # defaults
+        assert (t["retries"], t["retry_delay_s"], t["timeout_s"], t["queue"]) == (1, 300, 7200, "default")  # defaults
     assert dag["timetable"] == "NullTimetable"  # triggered: by hand, or by the monthly DAG
     assert dag["max_active_runs"] == 1
 
@@ -133,9 +133,11 @@ def test_monthly_dag_shape(project, parsed):
 def test_settings_come_from_the_environment(project):
     dags = driver(project, "dags", DEVCHANGE_RETRIES=3, DEVCHANGE_RETRY_DELAY_S=30, DEVCHANGE_TASK_TIMEOUT_S=600,
                   DEVCHANGE_TRAINING_SCHEDULE="@weekly", DEVCHANGE_MONTHLY_CRON="0 2 3 * *",
-                  DEVCHANGE_RETRAIN_TRIGGERS_TRAINING="false", DEVCHANGE_STREAM_DIR="/srv/stream")[0]["dags"]
+                  DEVCHANGE_RETRAIN_TRIGGERS_TRAINING="false", DEVCHANGE_STREAM_DIR="/srv/stream",
+                  DEVCHANGE_QUEUE="devchange")[0]["dags"]
     training, monthly = dags[TRAINING], dags[MONTHLY]
     assert {(t["retries"], t["retry_delay_s"], t["timeout_s"]) for t in training["tasks"]} == {(3, 30, 600)}
+    assert {t["queue"] for t in training["tasks"] + monthly["tasks"]} == {"devchange"}
     assert training["cron"] == "0 0 * * 0"  # @weekly
     assert monthly["cron"] == "0 2 3 * *"
     assert [t["task_id"] for t in monthly["tasks"]] == ["score_month", "evaluate_previous_month", "promote"]
@@ -185,6 +187,100 @@ def test_training_dag_tracks_to_the_project_store(project, trained):
     assert {"lightgbm", "logreg"} <= names
     model = client.get_registered_model("devchange")
     assert "challenger" in model.aliases
+
+
+# ---------------------------------------------------------------- monthly production: dag.test() month by month
+
+@pytest.fixture(scope="module")
+def champion(project, trained):
+    "The trained challenger becomes champion (`make promote`), as a team would before going live."
+    assert trained[0]["state"] == "success"
+    out = run(["devchange", "promote"], project).stdout
+    assert "champion: v1" in out, out
+    return out
+
+
+def monthly_run(project: Path, logical_date: str) -> tuple[dict, str]:
+    t0 = time.monotonic()
+    result, log = driver(project, "test", MONTHLY, logical_date, DEVCHANGE_RETRIES=0)
+    print(f"monthly DAG for {logical_date} with dag.test(): {time.monotonic() - t0:.0f} s")
+    return result, log
+
+
+def production(project: Path, month: str) -> Path:
+    return project / "data" / "production" / month
+
+
+@pytest.fixture(scope="module")
+def october(project, champion):
+    "October 2020: scored; September's targets are not in the stream, so nothing to evaluate."
+    return monthly_run(project, "2020-10-01T06:00:00")
+
+
+@pytest.fixture(scope="module")
+def november_before_targets(project, october):
+    "November 2020, while October's targets have not arrived yet."
+    targets = project / "data/stream/2020-10-31/targets.feather"
+    late = targets.with_name("targets.feather.late")
+    targets.rename(late)
+    try:
+        return monthly_run(project, "2020-11-01T06:00:00")
+    finally:
+        late.rename(targets)
+
+
+@pytest.fixture(scope="module")
+def november_after_targets(project, november_before_targets):
+    "November 2020 again (another logical date in November), now that October's targets are in."
+    return monthly_run(project, "2020-11-15T00:00:00")
+
+
+def test_monthly_scores_the_logical_dates_month(project, october):
+    result, log = october
+    assert result["state"] == "success", log[-6000:]
+    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "skipped",
+                               "promote": "success", "trigger_training": "skipped"}
+    out = production(project, "2020-10-31")
+    assert {"features.parquet", "scores.parquet", "monitoring.json"} <= {f.name for f in out.iterdir()}
+    assert json.loads((out / "monitoring.json").read_text())["model"]["version"] == 1  # the champion
+    assert "targets of 2020-09-30 have not arrived" in log
+    assert "champion: v1" in log  # promote ran and kept the champion
+
+
+def test_monthly_skips_evaluation_until_targets_arrive(project, november_before_targets):
+    result, log = november_before_targets
+    assert result["state"] == "success", log[-6000:]
+    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "skipped",
+                               "promote": "success", "trigger_training": "skipped"}
+    assert (production(project, "2020-11-30") / "scores.parquet").is_file()  # this month's scores are written
+    assert re.search(r"targets of 2020-10-31 have not arrived \(\S*data/stream/2020-10-31/targets.feather\): "
+                     r"evaluation skipped", log), log[-6000:]
+    october = json.loads((production(project, "2020-10-31") / "monitoring.json").read_text())
+    assert not october.get("performance") and not (production(project, "2020-10-31") / "targets.parquet").exists()
+
+
+def test_monthly_fails_with_the_verdicts_reasons_on_retrain(project, november_after_targets):
+    result, log = november_after_targets
+    assert result["state"] == "failed", log[-6000:]
+    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "failed",
+                               "promote": "upstream_failed", "trigger_training": "success"}
+    verdict = json.loads((production(project, "2020-10-31") / "monitoring.json").read_text())["verdict"]
+    assert verdict["status"] == "retrain" and verdict["reasons"]
+    assert "month 2020-10-31 needs retraining" in log
+    for reason in verdict["reasons"]:
+        assert reason in log, reason
+    assert "Command exited with return code 3" in log  # the verdict failed the task, not an error
+    # the training DAG was triggered, saying why
+    training = [r for r in result["runs"] if r["dag_id"] == TRAINING and r["conf"]]
+    assert [r["conf"] for r in training] == [{"reason": "devchange_monthly: evaluation of 2020-10-31 failed"}]
+    # every production command logged its run to the copy's store
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    exp = client.get_experiment_by_name("devchange-production")
+    kinds = {(r.data.tags["devchange.kind"], r.data.tags["devchange.month"]): r
+             for r in client.search_runs([exp.experiment_id])}
+    assert {("production-score", "2020-10-31"), ("production-score", "2020-11-30"),
+            ("production-evaluate", "2020-10-31")} <= set(kinds)
+    assert kinds[("production-evaluate", "2020-10-31")].data.tags["devchange.verdict"] == "retrain"
 
 
 # ---------------------------------------------------------------- the real scheduler, through `make airflow`

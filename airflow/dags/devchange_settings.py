@@ -15,6 +15,7 @@ scheduler, workers), with a default that works in a fresh clone started by `make
 | DEVCHANGE_TRAINING_SCHEDULE     | unset: triggered only             | cron or preset (@weekly) for training    |
 | DEVCHANGE_MONTHLY_CRON          | 0 6 1 * *                         | when a month's production run starts     |
 | DEVCHANGE_RETRAIN_TRIGGERS_TRAINING | true                          | a failed evaluation triggers training    |
+| DEVCHANGE_QUEUE                 | unset: Airflow's default queue    | executor queue of every task             |
 
 Tasks run the project's own commands (`dvc`, `devchange`) in the project's environment, in
 the project root; nothing of the pipeline is written here.
@@ -70,14 +71,17 @@ TASK_TIMEOUT = timedelta(seconds=_number("DEVCHANGE_TASK_TIMEOUT_S", 7200, float
 TRAINING_SCHEDULE = os.environ.get("DEVCHANGE_TRAINING_SCHEDULE") or None
 MONTHLY_CRON = os.environ.get("DEVCHANGE_MONTHLY_CRON") or "0 6 1 * *"
 RETRAIN_TRIGGERS_TRAINING = _flag("DEVCHANGE_RETRAIN_TRIGGERS_TRAINING", True)
+QUEUE = os.environ.get("DEVCHANGE_QUEUE") or None  # e.g. the one worker that holds the workspace
 
 TRAINING_DAG_ID = "devchange_training"
 MONTHLY_DAG_ID = "devchange_monthly"
 
 
 def default_args() -> dict:
-    "Retries and timeout of every task, from the environment."
-    return {"owner": "devchange", "retries": RETRIES, "retry_delay": RETRY_DELAY, "execution_timeout": TASK_TIMEOUT}
+    "Retries, timeout and queue of every task, from the environment."
+    args = {"owner": "devchange", "retries": RETRIES, "retry_delay": RETRY_DELAY, "execution_timeout": TASK_TIMEOUT}
+    if QUEUE: args["queue"] = QUEUE
+    return args
 
 
 def dvc_stages(root: Path = ROOT) -> list[str]:
