@@ -39,9 +39,9 @@ def loop(server, tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("tracked") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
     os.symlink(ROOT / ".venv", root / ".venv")  # `make promote` runs in the project's environment
     model_name = f"devchange-e2e-{uuid.uuid4().hex[:6]}"
-    # on tiny data the logistic regression's worst fold is near the default floor (1.5): a floor of 1.0 keeps the
-    # story about the lift on the evaluation month, which is what this module tests
-    update_params(root, {**TINY, "tracking.model_name": model_name, "cv.candidates": ["logreg"], "promotion.floor": 1.0})
+    # on tiny data the logistic regression's worst CV fold falls below 1.5 and even 1.0 (seen in CI): with no floor
+    # the decisions turn on the lift on the evaluation month, which is what this module tests
+    update_params(root, {**TINY, "tracking.model_name": model_name, "cv.candidates": ["logreg"], "promotion.floor": 0.0})
     run(["git", "commit", "-qam", "tiny params, logistic regression only"], root)
     env = {"MLFLOW_TRACKING_URI": server, "MLFLOW_EXPERIMENT_NAME": model_name}
     client = MlflowClient(server)
@@ -111,7 +111,7 @@ def test_make_promote_promotes_a_better_challenger_and_keeps_a_worse_one(loop):
     d2, d3 = decisions[2].data, decisions[3].data
     assert d2.tags["devchange.decision"] == "promoted" and d3.tags["devchange.decision"] == "kept"
     assert d2.metrics["challenger_lift"] > d2.metrics["champion_lift"] + 0.05  # the premise of the promotion
-    assert d3.metrics["challenger_lift"] <= d3.metrics["champion_lift"] + 0.05 or d3.metrics["challenger_cv_min"] < 1.0
+    assert d3.metrics["challenger_lift"] <= d3.metrics["champion_lift"] + 0.05 or d3.metrics["challenger_cv_min"] < 0.0
     for version, decision in ((1, "promoted"), (2, "promoted"), (3, "kept")):
         mv = client.get_model_version(name, str(version))
         assert mv.tags["promotion.decision"] == decision and mv.description.startswith(decision)
