@@ -6,7 +6,7 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# CA certificates (*.crt) added at build time: empty by default; a build behind a TLS-intercepting
+# Extra CA certificates: docker/certs/*.crt, none by default; a build behind a TLS-intercepting
 # proxy puts the proxy's CA there. Every client in the image then trusts the system bundle
 # (pip and requests would otherwise use their own copies; uv reads SSL_CERT_FILE).
 COPY docker/certs/ /usr/local/share/ca-certificates/extra/
@@ -49,7 +49,7 @@ RUN uv pip install --quiet --python /opt/venv/bin/python --no-deps -e . \
     && rm -rf build devchange.egg-info \
     && install -m 0755 docker/entrypoint.sh /usr/local/bin/devchange-entrypoint \
     && mkdir -p /home/devchange/mlflow \
-    && chown -R devchange:devchange /home/devchange
+    && chown devchange:devchange /home/devchange/project /home/devchange/mlflow
 
 USER devchange
 # The snapshot has no .git (.dockerignore): DVC runs it without SCM. A mounted clone brings its

@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock promote
+.PHONY: help env run test bench lab ui export lock promote image image-run test-docker
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,3 +49,19 @@ export: env  ## regenerate devchange/ from the notebooks, then strip the noteboo
 
 lock: env  ## re-resolve requirements.in into requirements.lock
 	uv pip compile requirements.in -o requirements.lock --python-version 3.11
+
+# Delivery: the Docker image and the test of it and of the compose stack.
+IMAGE ?= devchange:latest
+BASE_IMAGE ?= python:3.11-slim
+DEVCHANGE_UID ?= 1000
+DOCKER_RUN_FLAGS ?= --rm
+
+image:  ## build the Docker image IMAGE from BASE_IMAGE (a TLS proxy's CA: put it in docker/certs/*.crt)
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg UID=$(DEVCHANGE_UID) -t $(IMAGE) .
+
+image-run:  ## run the image's default command, dvc repro, tracking to MLFLOW_TRACKING_URI
+	docker run $(DOCKER_RUN_FLAGS) -e MLFLOW_TRACKING_URI -e MLFLOW_TRACKING_USERNAME -e MLFLOW_TRACKING_PASSWORD \
+		-e MLFLOW_EXPERIMENT_NAME $(IMAGE)
+
+test-docker: env  ## build and run the image, alone and as the compose stack (starts an engine if none runs)
+	docker/test.sh
