@@ -41,7 +41,7 @@ UID = os.getuid() or 1000
 BUILD_TIMEOUT_S, RUN_TIMEOUT_S, START_TIMEOUT_S = 1800, 1800, 180
 MODEL = "devchange"  # params.yaml tracking.model_name
 # what .dockerignore keeps out of the image: environments, stores, outputs, local secrets
-DECOYS = [".venv/bin/decoy", "mlflow.db", "mlartifacts/1/decoy", "mlruns/decoy", "data/raw/decoy.feather",
+DECOYS = [".venv/bin/decoy", ".venv-airflow/bin/decoy", "airflow/home/airflow.db", "mlflow.db", "mlartifacts/1/decoy", "mlruns/decoy", "data/raw/decoy.feather",
           "data/production/2099-01-31/features.parquet", "models/decoy.joblib", "reports/decoy.html",
           "reports/failed/decoy.ipynb", ".dvc/cache/decoy", "config/.env", ".env", "__pycache__/decoy.pyc"]
 
