@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock promote
+.PHONY: help env run test bench lab ui export lock promote image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,3 +82,31 @@ airflow-cli: env airflow-env  ## run an airflow command on this project's Airflo
 
 airflow-lock: env  ## re-resolve airflow/requirements.in into airflow/requirements.lock
 	uv pip compile airflow/requirements.in -o airflow/requirements.lock --python-version 3.11
+
+# Delivery: the Docker image, the compose stack's test, and the CI/CD workflow's steps
+# (.github/workflows/ci.yml runs only these targets; .ci/run and the tests run each of them).
+IMAGE ?= devchange:latest
+BASE_IMAGE ?= python:3.11-slim
+DEVCHANGE_UID ?= 1000
+DOCKER_RUN_FLAGS ?= --rm
+BASE ?= origin/main
+PR_REPORT ?= pr-report.md
+# tests/conftest.py's TINY settings (tests/test_ci.py keeps the two equal)
+TINY_PARAMS := generate.n_users=1500 models.lightgbm.params.n_estimators=40 models.lightgbm.params.min_child_samples=20
+
+image:  ## build the Docker image IMAGE from BASE_IMAGE (a TLS proxy's CA: put it in docker/certs/*.crt)
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg UID=$(DEVCHANGE_UID) -t $(IMAGE) .
+
+image-run:  ## run the image's default command, dvc repro, tracking to MLFLOW_TRACKING_URI
+	docker run $(DOCKER_RUN_FLAGS) -e MLFLOW_TRACKING_URI -e MLFLOW_TRACKING_USERNAME -e MLFLOW_TRACKING_PASSWORD \
+		-e MLFLOW_EXPERIMENT_NAME $(IMAGE)
+
+test-docker: env  ## build and run the image, alone and as the compose stack (starts an engine if none runs)
+	docker/test.sh
+
+repro-tiny: env  ## the pipeline on tiny data in a temporary folder (dvc exp run --temp); the workspace stays
+	dvc exp run --temp $(addprefix -S ,$(TINY_PARAMS))
+
+pr-report: env  ## PR_REPORT (markdown): params and metrics of the workspace against BASE (a git revision)
+	.ci/pr-report $(BASE) > $(PR_REPORT)
+	@echo "wrote $(PR_REPORT)"
