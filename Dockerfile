@@ -1,5 +1,5 @@
-# The project's one image: the pipeline (DVC + papermill), MLflow and JupyterLab, installed from
-# requirements.lock, run by a non-root user. `docker run <image>` runs `dvc repro` on the
+# The project's one image: the pipeline (DVC + papermill), MLflow, JupyterLab and Airflow, installed
+# from the locks, run by a non-root user. `docker run <image>` runs `dvc repro` on the
 # project snapshot baked in; docker-compose.yml mounts a clone over it instead.
 # No `# syntax=` line and no image but BASE_IMAGE: it builds with the legacy builder, and where
 # no registry is reachable BASE_IMAGE can be a local stand-in (docker/base-image.sh).
@@ -41,6 +41,14 @@ RUN python -m venv /opt/venv \
     && uv pip sync --quiet --python /opt/venv/bin/python /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 
+# Airflow's own environment (airflow/requirements.lock: its web and database pins never meet the
+# project's lock), for the compose service `airflow`; its tasks run the project's commands with
+# /opt/venv. Not on PATH: docker/airflow.sh puts it first for that service only.
+COPY airflow/requirements.lock /tmp/airflow-requirements.lock
+RUN python -m venv --without-pip /opt/airflow-venv \
+    && uv pip sync --quiet --python /opt/airflow-venv/bin/python /tmp/airflow-requirements.lock \
+    && rm /tmp/airflow-requirements.lock
+
 # The project. Installed editable: a clone mounted at the same path runs its own code.
 WORKDIR /home/devchange/project
 COPY --chown=devchange:devchange . .
@@ -48,8 +56,8 @@ RUN uv pip install --quiet --python /opt/venv/bin/python --no-deps -e . \
     && python -m ipykernel install --sys-prefix --name devchange --display-name "Python (devchange)" >/dev/null \
     && rm -rf build devchange.egg-info \
     && install -m 0755 docker/entrypoint.sh /usr/local/bin/devchange-entrypoint \
-    && mkdir -p /home/devchange/mlflow \
-    && chown devchange:devchange /home/devchange/project /home/devchange/mlflow
+    && mkdir -p /home/devchange/mlflow /home/devchange/airflow \
+    && chown devchange:devchange /home/devchange/project /home/devchange/mlflow /home/devchange/airflow
 
 USER devchange
 # The snapshot has no .git (.dockerignore): DVC runs it without SCM. A mounted clone brings its

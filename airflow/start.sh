@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts this project's Airflow (what `make airflow` runs): the metadata DB migration, then the
 # scheduler, the DAG processor, the triggerer and the API server (UI + REST + task execution API)
-# on 127.0.0.1. Not `airflow standalone`: it also starts log servers bound to every interface
+# on 127.0.0.1 (AIRFLOW__API__HOST: the compose service listens on its container's interface).
+# Not `airflow standalone`: it also starts log servers bound to every interface
 # (scheduler and triggerer); on one machine the API server reads task logs from airflow/home/logs.
 # Expects the AIRFLOW_* variables set by the Makefile. Ctrl-C (or SIGTERM) stops every component.
 set -euo pipefail
@@ -19,7 +20,7 @@ trap stop EXIT                              # this script failed or a component 
 airflow scheduler --skip-serve-logs & pids+=($!)
 airflow dag-processor & pids+=($!)
 airflow triggerer --skip-serve-logs & pids+=($!)
-airflow api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT" & pids+=($!)
+airflow api-server --host "${AIRFLOW__API__HOST:-127.0.0.1}" --port "$AIRFLOW__API__PORT" & pids+=($!)
 echo "airflow: scheduler, dag-processor, triggerer and api-server started (pids ${pids[*]}); Ctrl-C stops them"
 wait -n "${pids[@]}" || true  # returns when one component ends: stop the others, and fail
 echo "airflow: a component exited; stopping the others" >&2

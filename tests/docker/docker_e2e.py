@@ -185,9 +185,11 @@ def _hand_over(root: Path, uid: int) -> None:
 def stack(project, image, default_run_started):
     "`docker-compose build` and `up` of MLflow and JupyterLab in the copy, torn down at the end."
     root = project.root
-    mlflow_port, jupyter_port, token = free_port(), free_port(), uuid.uuid4().hex
+    mlflow_port, jupyter_port, airflow_port = free_port(), free_port(), free_port()
+    token, airflow_password = uuid.uuid4().hex, uuid.uuid4().hex
     _write_env(root, {"GIT_CONFIG_USER_NAME": "devchange test", "GIT_CONFIG_EMAIL": "test@example.invalid",
                       "JUPYTER_TOKEN": token, "MLFLOW_PORT": mlflow_port, "JUPYTER_PORT": jupyter_port,
+                      "AIRFLOW_PORT": airflow_port, "AIRFLOW_ADMIN_PASSWORD": airflow_password,
                       "DEVCHANGE_UID": UID, "BASE_IMAGE": BASE_IMAGE, "DEVCHANGE_IMAGE": IMAGE})
     _hand_over(root, UID)
     compose = COMPOSE + ["-p", f"devchange-test-{RUN}"]
@@ -195,19 +197,20 @@ def stack(project, image, default_run_started):
     try:
         sh(compose + ["config", "-q"], root)
         timed("docker-compose build (layers of make image)", compose + ["build"], cwd=root, timeout=BUILD_TIMEOUT_S)
-        timed("docker-compose up -d mlflow jupyter", compose + ["up", "-d", "mlflow", "jupyter"], cwd=root,
-              timeout=START_TIMEOUT_S + 60)
+        timed("docker-compose up -d mlflow jupyter airflow", compose + ["up", "-d", "mlflow", "jupyter", "airflow"],
+              cwd=root, timeout=START_TIMEOUT_S + 60)
         uri = f"http://127.0.0.1:{mlflow_port}"
         wait_for(f"{uri}/health", "the MLflow service", logs)
         yield SimpleNamespace(root=root, compose=compose, uri=uri, logs=logs, token=token, commit=project.commit,
-                              jupyter=f"http://127.0.0.1:{jupyter_port}")
+                              jupyter=f"http://127.0.0.1:{jupyter_port}", airflow=f"http://127.0.0.1:{airflow_port}",
+                              airflow_password=airflow_password)
     finally:
         print(logs())  # shown by pytest when a test failed
         sh(compose + ["down", "-v", "--remove-orphans"], root, check=False, timeout=300)
 
 
 def test_services_publish_on_the_loopback_address_only(stack):
-    for service, port in (("mlflow", 5000), ("jupyter", 8888)):
+    for service, port in (("mlflow", 5000), ("jupyter", 8888), ("airflow", 8080)):
         published = sh(stack.compose + ["port", service, str(port)], stack.root).stdout.strip()
         assert published.startswith("127.0.0.1:"), f"{service}: published on {published}"
 
@@ -267,6 +270,59 @@ def test_make_promote_from_the_host_moves_the_champion_on_the_server(stack, pipe
     mlflow.set_tracking_uri(stack.uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert model.metadata.run_id
+
+
+AIRFLOW_DAGS = {"devchange_training", "devchange_monthly"}
+AIRFLOW_RUN_TIMEOUT_S = 900
+
+
+def _airflow_session(stack) -> requests.Session:
+    "A session logged in to the Airflow service as admin, once its scheduler and DAG processor are healthy."
+    start, health = time.monotonic(), {}
+    while not all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")):
+        assert time.monotonic() - start < START_TIMEOUT_S, f"Airflow not healthy: {health}\n{stack.logs()}"
+        time.sleep(2)
+        try:
+            health = requests.get(f"{stack.airflow}/api/v2/monitor/health", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            pass
+    r = requests.post(f"{stack.airflow}/auth/token", json={"username": "admin", "password": stack.airflow_password},
+                      timeout=30)
+    assert r.status_code in (200, 201), f"login with AIRFLOW_ADMIN_PASSWORD failed: {r.status_code} {r.text}"
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+    return s
+
+
+def test_airflow_service_runs_the_training_dag_on_the_clone(stack, pipeline):
+    """The Airflow service parses the clone's DAGs and its scheduler runs the training DAG: one task per
+    stage, each `dvc repro --single-item` with the image's project environment. The pipeline service
+    has just run them all, so DVC skips every stage."""
+    s = _airflow_session(stack)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while {d["dag_id"] for d in (dags := s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"])} < AIRFLOW_DAGS:
+        assert time.monotonic() < deadline, f"DAGs not parsed: {dags}\n{stack.logs()}"
+        time.sleep(2)
+    errors = s.get(f"{stack.airflow}/api/v2/importErrors", timeout=30).json()
+    assert errors["total_entries"] == 0, errors
+    assert all(d["is_paused"] for d in dags)  # nothing runs before someone says so
+    dag = f"{stack.airflow}/api/v2/dags/devchange_training"
+    assert s.patch(dag, json={"is_paused": False}, timeout=30).ok
+    started = time.monotonic()
+    r = s.post(f"{dag}/dagRuns", json={"logical_date": None}, timeout=30)
+    assert r.ok, r.text
+    run = f"{dag}/dagRuns/{r.json()['dag_run_id']}"
+    while (state := s.get(run, timeout=30).json()["state"]) not in ("success", "failed"):
+        assert time.monotonic() - started < AIRFLOW_RUN_TIMEOUT_S, f"training DAG run still {state}\n{stack.logs()}"
+        time.sleep(3)
+    TIMES["Airflow service: training DAG run (all stages up to date)"] = time.monotonic() - started
+    tis = {t["task_id"]: t["state"] for t in s.get(f"{run}/taskInstances", timeout=30).json()["task_instances"]}
+    stages = list(yaml.safe_load((stack.root / "dvc.yaml").read_text())["stages"])
+    assert state == "success" and tis == {stage: "success" for stage in stages}, (state, tis, stack.logs())
+    log = s.get(f"{run}/taskInstances/train/logs/1", params={"full_content": "true"}, timeout=30).json()["content"]
+    text = "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in log)
+    assert "Stage 'train' didn't change, skipping" in text, text[-3000:]
+    FACTS["Airflow service"] = f"{len(tis)} tasks of devchange_training succeeded in the container"
 
 
 def test_tracking_store_survives_a_restart_of_the_stack(stack, pipeline):
