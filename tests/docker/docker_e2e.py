@@ -300,7 +300,9 @@ def test_airflow_service_runs_the_training_dag_on_the_clone(stack, pipeline):
     has just run them all, so DVC skips every stage."""
     s = _airflow_session(stack)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while {d["dag_id"] for d in (dags := s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"])} < AIRFLOW_DAGS:
+    while True:
+        dags = s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"]
+        if {d["dag_id"] for d in dags} >= AIRFLOW_DAGS: break
         assert time.monotonic() < deadline, f"DAGs not parsed: {dags}\n{stack.logs()}"
         time.sleep(2)
     errors = s.get(f"{stack.airflow}/api/v2/importErrors", timeout=30).json()
