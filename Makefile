@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock promote image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export readme lock promote image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ ui: env  ## MLflow UI for the embedded store (mlflow.db, mlartifacts/) on http:/
 export: env  ## regenerate devchange/ from the notebooks, then strip the notebooks
 	nbdev_export
 	nbdev_clean
+
+readme: env  ## write the README's opening from nbs/index.ipynb (its outputs as saved: run the notebook first)
+	python tools/readme.py
 
 lock: env  ## re-resolve requirements.in into requirements.lock
 	uv pip compile requirements.in -o requirements.lock --python-version 3.11

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -68,6 +69,17 @@ TINY = {  # small enough for seconds per stage, big enough for every fold to hol
     "models.lightgbm.params.n_estimators": 40,
     "models.lightgbm.params.min_child_samples": 20,
 }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A fresh copy of the project (no data, reports or dvc.lock) with the TINY settings, after one
+    `dvc repro`; `lock` is its dvc.lock right then (modules that share the copy may change it later)."""
+    root = copy_project(tmp_path_factory.mktemp("pipeline") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
+    update_params(root, TINY)
+    run(["git", "commit", "-qam", "tiny params"], root)
+    result = run(["dvc", "repro"], root)
+    return SimpleNamespace(root=root, result=result, lock=(root / "dvc.lock").read_text())
 
 
 SERVER_START_S = 180  # a cold start on a busy 2-core runner takes 15-50 s

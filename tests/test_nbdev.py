@@ -1,7 +1,9 @@
-"""The nbdev contract: notebooks are committed clean, and devchange/ is exactly what they export.
+"""The nbdev contract: notebooks are committed clean, devchange/ is exactly what they export, and the
+README opens with nbs/index.ipynb.
 
 Both checks run nbdev in a copy of the project, so they never modify the working tree."""
 import filecmp
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -25,3 +27,16 @@ def test_library_in_sync_with_notebooks(tmp_path):
     run([str(BIN / "nbdev_export")], copy)
     changed = _changed(ROOT / "devchange", copy / "devchange", "*.py")
     assert not changed, f"devchange/ differs from what nbs/ exports (edit the notebook, run `make export`): {changed}"
+
+
+def test_readme_opening_is_the_index_notebook(tmp_path):
+    """README.md opens with nbs/index.ipynb as `make readme` renders it, and the outputs saved in the
+    notebook (which the README shows) are what its cells print when run now."""
+    p = run([str(BIN / "python"), "tools/readme.py", "--check"], ROOT, check=False)
+    assert p.returncode == 0, p.stderr
+    executed = tmp_path / "index.ipynb"
+    run([str(BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute", "--output", str(executed),
+         str(ROOT / "nbs" / "index.ipynb")], ROOT / "nbs")
+    spec = importlib.util.spec_from_file_location("readme", ROOT / "tools" / "readme.py")
+    readme = importlib.util.module_from_spec(spec); spec.loader.exec_module(readme)
+    assert readme.render(executed) == readme.render(), "nbs/index.ipynb's saved outputs are stale: run it, then `make readme`"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, copy_project, run, update_params
+from conftest import ROOT, run, update_params
 
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 OUTPUTS = ["data/raw/target.feather", "data/raw/user_features.feather", "data/raw/scoring_user_features.feather",
@@ -24,12 +24,8 @@ OUTPUTS = ["data/raw/target.feather", "data/raw/user_features.feather", "data/ra
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("pipeline") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, TINY)
-    run(["git", "commit", "-qam", "tiny params"], root)
-    result = run(["dvc", "repro"], root)
-    return root, result
+def project(tiny_pipeline):
+    return tiny_pipeline.root, tiny_pipeline.result
 
 
 def _digest(path) -> str:
