@@ -3,6 +3,7 @@
 # %% ../nbs/01_io.ipynb #c3f232ba
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['atomic_path', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json']
+__all__ = ['atomic_path', 'file_lock', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json']
 
 # %% ../nbs/01_io.ipynb #3a09df1e
 def _umask() -> int:
@@ -37,6 +38,19 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
+
+# %% ../nbs/01_io.ipynb #7c2d9b41
+@contextmanager
+def file_lock(path: str | Path):
+    "Hold an exclusive lock on `path` (created if missing) for the block: one process at a time."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 # %% ../nbs/01_io.ipynb #e1994007
 def to_jsonable(value: Any) -> Any:

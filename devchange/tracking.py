@@ -32,7 +32,7 @@ from sklearn.pipeline import Pipeline
 from .config import RAW_FILES, ModelParams, paths, read_params_yaml
 from .cross_validation import AGGREGATES, ORACLE
 from .features import FeatureSpec
-from .io import to_jsonable
+from .io import file_lock, to_jsonable
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
@@ -128,6 +128,17 @@ def _ensure_experiment(client: MlflowClient, name: str, location: str | None) ->
     return exp.experiment_id
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    "For a SQLite store: one process at a time creates or migrates it (lock file `<db>.lock`); no lock for a server."
+    if urlsplit(uri).scheme != "sqlite":
+        yield
+        return
+    db = Path(uri.split(":///", 1)[1]).resolve()
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
+
+
 def configure(timeout_s: float = DEFAULT_TIMEOUT_S, experiment: str | None = None) -> str:
     "Point MLflow at the project's store and experiment (default `experiment_name()`, created if needed); returns the URI."
     root = paths().root
@@ -136,7 +147,8 @@ def configure(timeout_s: float = DEFAULT_TIMEOUT_S, experiment: str | None = Non
     if urlsplit(uri).scheme in ("http", "https"): probe(uri, timeout_s)
     try:
         mlflow.set_tracking_uri(uri)
-        exp_id = _ensure_experiment(MlflowClient(uri), experiment or experiment_name(), artifact_location(uri, root))
+        with _store_lock(uri):  # two processes creating one SQLite store at once break its table migrations
+            exp_id = _ensure_experiment(MlflowClient(uri), experiment or experiment_name(), artifact_location(uri, root))
         mlflow.set_experiment(experiment_id=exp_id)
     except TrackingError as e:
         raise TrackingError(f"MLflow tracking at {redact(uri)}: {e}") from None
