@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import METRIC_NAMES, ORACLE, ModelParams
+from .config import METRIC_NAMES, ORACLE, RANDOM, CVParams, ModelParams
 from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature_spec
-from .folds import Fold, split
-from .metrics import ranking_metrics
+from .folds import Fold, describe_plan, fold_plan, split
+from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
 
 # %% auto #0
 __all__ = ['AGGREGATES', 'CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'select_candidate', 'aggregates_as_dict',
-           'folds_as_dict']
+           'folds_as_dict', 'Comparison', 'compare_candidates']
 
 # %% ../nbs/08_cross_validation.ipynb #179951a3
 AGGREGATES = ("mean", "std", "min", "max")
@@ -109,3 +109,37 @@ def folds_as_dict(fold_metrics: pd.DataFrame) -> dict:
                                                  "positives": r["positives"], "k": r["k"], "n_train": r["n_train"]})
         f[r["candidate"]] = {m: r[m] for m in METRIC_NAMES}
     return out
+
+# %% ../nbs/08_cross_validation.ipynb #6b20fdb7
+@dataclass
+class Comparison:
+    "What cross-validation found: the plan, per-fold metrics and predictions, aggregates, the choice, gains curves."
+    candidates: dict[str, ModelParams]
+    plan_table: pd.DataFrame
+    result: CVResult
+    aggregates: pd.DataFrame
+    selection: dict
+    curves: dict[str, pd.DataFrame]  # cumulative gains of the chosen candidate and of the oracle
+
+    def summary(self) -> dict:
+        "cv.json: the selection, the fold plan, each candidate's aggregates and the per-fold metrics."
+        return {"selection": self.selection, "fold_plan": self.plan_table.set_index("fold").to_dict("index"),
+                "candidates": aggregates_as_dict(self.aggregates), "folds": folds_as_dict(self.result.fold_metrics)}
+
+    def gains_table(self) -> pd.DataFrame:
+        "The gains curves and a random ranking's (gains = share of users, lift 1) in one long table."
+        random = self.curves[self.selection["chosen"]].assign(share_of_positives=lambda d: d["share_of_users"], lift=1.0)
+        return pd.concat([c.assign(candidate=name) for name, c in {**self.curves, RANDOM: random}.items()])
+
+
+def compare_candidates(table: pd.DataFrame, spec: FeatureSpec, cv: CVParams, models: dict[str, ModelParams],
+                       k_share: float, seed: int, oracle: pd.DataFrame | None = None) -> Comparison:
+    "Cross-validate every model of `cv.candidates` over `cv.n_folds` monthly folds of `table`, and choose by `cv.selection`."
+    plan = fold_plan(table["month"].unique(), cv.n_folds)
+    candidates = {name: models[name] for name in cv.candidates}
+    result = cross_validate(table, spec, plan, candidates, k_share=k_share, seed=seed, oracle=oracle)
+    aggregates = aggregate_folds(result.fold_metrics)
+    selection = select_candidate(aggregates, cv.selection.metric, cv.selection.aggregate, cv.candidates)
+    curves = {name: gains_curve(g["target"], g["probability"]) for name, g in result.oof.groupby("candidate", sort=False)
+              if name in (selection["chosen"], ORACLE)}
+    return Comparison(candidates, describe_plan(plan, table), result, aggregates, selection, curves)

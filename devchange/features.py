@@ -11,7 +11,8 @@ import pandas as pd
 from .contract import feature_kinds
 
 # %% auto #0
-__all__ = ['KEYS', 'TARGET', 'FeatureSpec', 'fit_feature_spec', 'apply_feature_spec', 'training_table', 'scoring_table']
+__all__ = ['KEYS', 'TARGET', 'FeatureSpec', 'fit_feature_spec', 'apply_feature_spec', 'training_table', 'scoring_table',
+           'featurize']
 
 # %% ../nbs/05_features.ipynb #739c531b
 KEYS = ["user_id", "month"]
@@ -74,3 +75,10 @@ def training_table(target: pd.DataFrame, features: pd.DataFrame, spec: FeatureSp
 def scoring_table(scoring_features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "Every user with features in the scoring month, typed by the training spec (no target)."
     return apply_feature_spec(scoring_features, spec).sort_values(KEYS, kind="stable").reset_index(drop=True)
+
+# %% ../nbs/05_features.ipynb #d6fa73c6
+def featurize(raw: dict[str, pd.DataFrame], float32: bool = True) -> tuple[FeatureSpec, pd.DataFrame, pd.DataFrame]:
+    "The spec fitted on the training months' features, the training table and the scoring table (`raw`: `contract.read_raw`)."
+    features, target = raw["features"], raw["target"]
+    spec = fit_feature_spec(features[features["month"].isin(target["month"].unique())], float32=float32)
+    return spec, training_table(target, features, spec), scoring_table(raw["scoring_features"], spec)
