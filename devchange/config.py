@@ -14,10 +14,10 @@ import pandas as pd
 import yaml
 
 # %% auto #0
-__all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths', 'paths',
-           'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams', 'MetricsParams',
-           'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams', 'PromotionParams', 'MonitoringParams',
-           'Params', 'parse_params', 'read_params_yaml', 'load_params', 'section', 'plain']
+__all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths',
+           'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
+           'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams', 'PromotionParams',
+           'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params', 'section', 'plain']
 
 # %% ../nbs/00_config.ipynb #6505a8c2
 RAW_FILES = {
@@ -32,6 +32,30 @@ ORACLE_FILE = "oracle.feather"
 ORACLE, RANDOM = "oracle", "random"
 "Names the reports give the true probabilities and the random baseline: no candidate may take them."
 "True probability of each row; written by the generator only, never used for fitting."
+
+OUTPUTS = {
+    **{role: (f"data/raw/{name}", "generate") for role, name in RAW_FILES.items()},
+    "oracle": (f"data/raw/{ORACLE_FILE}", "generate"),
+    "stream": ("data/stream", "generate"),
+    "data_findings": ("reports/metrics/data.json", "validate"),
+    "train_table": ("data/processed/train.parquet", "featurize"),
+    "scoring_table": ("data/processed/scoring.parquet", "featurize"),
+    "feature_spec": ("data/processed/features.json", "featurize"),
+    "oof": ("data/predictions/oof.parquet", "cross_validate"),
+    "cv_folds": ("reports/plots/cv_folds.csv", "cross_validate"),
+    "gains": ("reports/plots/gains.csv", "cross_validate"),
+    "cv": ("reports/metrics/cv.json", "cross_validate"),
+    "model": ("models/model.joblib", "train"),
+    "model_card": ("models/model.json", "train"),
+    "reference": ("models/reference.json", "train"),
+    "importance": ("reports/plots/importance.csv", "train"),
+    "train_summary": ("reports/metrics/train.json", "train"),
+    "predictions": ("data/predictions/scoring.parquet", "score"),
+    "score_summary": ("reports/metrics/score.json", "score"),
+    "drift": ("reports/plots/drift.csv", "monitor"),
+    "monitoring": ("reports/metrics/monitoring.json", "monitor"),
+}
+"Every file the pipeline's stages write besides their reports: name -> (path under the root, the stage that writes it). dvc.yaml's outs are these (tests/test_dvc_deps.py)."
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -77,6 +101,16 @@ class Paths:
     def raw_file(self, role: str) -> Path:
         "Path of one of the four input files (`RAW_FILES` role) in `data/raw`."
         return self.raw / RAW_FILES[role]
+
+    def out(self, name: str) -> Path:
+        "Path of the stage output `name` (a key of `OUTPUTS`)."
+        if name not in OUTPUTS: raise KeyError(f"{name!r}: not a pipeline output (known: {', '.join(OUTPUTS)})")
+        return self.root / OUTPUTS[name][0]
+
+
+def writer(name: str) -> str:
+    "The stage that writes output `name`."
+    return OUTPUTS[name][1]
 
 
 def paths(root: str | Path | None = None) -> Paths:

@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import Paths, writer
+
 # %% auto #0
-__all__ = ['atomic_path', 'file_lock', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json']
+__all__ = ['atomic_path', 'file_lock', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json',
+           'require_output', 'read_output', 'write_output']
 
 # %% ../nbs/01_io.ipynb #3a09df1e
 def _umask() -> int:
@@ -102,3 +105,22 @@ def read_table(path: str | Path, made_by: str = "") -> pd.DataFrame:
 def read_json(path: str | Path, made_by: str = "") -> Any:
     "Read a JSON file written by another stage."
     return json.loads(require(path, made_by).read_text())
+
+# %% ../nbs/01_io.ipynb #1bd8f0e4
+def require_output(paths: Paths, name: str) -> Path:
+    "Path of output `name`, or a FileNotFoundError naming the stage that writes it."
+    return require(paths.out(name), made_by=writer(name))
+
+
+def read_output(paths: Paths, name: str) -> Any:
+    "Output `name`: a table (parquet, feather, csv) or a JSON document."
+    path = paths.out(name)
+    if path.suffix == ".json": return read_json(path, made_by=writer(name))
+    return read_table(path, made_by=writer(name))
+
+
+def write_output(paths: Paths, name: str, value: Any) -> None:
+    "Write output `name` atomically: a DataFrame as a table, anything else as JSON."
+    path = paths.out(name)
+    if path.suffix == ".json": write_json(value, path)
+    else: write_table(value, path)

@@ -10,17 +10,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, run, update_params
+from devchange.config import OUTPUTS as OUTPUTS_BY_NAME
 
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-OUTPUTS = ["data/raw/target.feather", "data/raw/user_features.feather", "data/raw/scoring_user_features.feather",
-           "data/raw/scoring_target.feather", "data/raw/oracle.feather",
-           "data/stream/2020-10-31/features.feather", "data/stream/2020-11-30/targets.feather",
-           "data/processed/train.parquet", "data/processed/scoring.parquet", "data/processed/features.json",
-           "data/predictions/oof.parquet", "data/predictions/scoring.parquet",
-           "models/model.joblib", "models/model.json", "models/reference.json",
-           "reports/metrics/data.json", "reports/metrics/cv.json", "reports/metrics/train.json",
-           "reports/metrics/score.json", "reports/metrics/monitoring.json", "reports/plots/cv_folds.csv",
-           "reports/plots/gains.csv", "reports/plots/importance.csv", "reports/plots/drift.csv"]
+OUTPUTS = sorted({path for path, _ in OUTPUTS_BY_NAME.values() if path != "data/stream"}
+                 | {"data/stream/2020-10-31/features.feather", "data/stream/2020-11-30/targets.feather"})
 
 
 @pytest.fixture(scope="module")
