@@ -29,8 +29,9 @@ run: env  ## run the whole pipeline (dvc repro)
 test: env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end
 	pytest
 
-bench: env  ## time and peak memory per step at 20k and 100k users (benchmarks/scale.py)
-	python benchmarks/scale.py
+SIZES ?= 20000 100000 300000 1000000
+bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)
+	python benchmarks/bench.py $(SIZES)
 
 lab: env  ## open the notebooks in JupyterLab
 	jupyter lab nbs/
