@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,44 +64,61 @@ def _hwm_mb(pid: int) -> float:
         return 0.0
 
 
+def _sample(root: psutil.Process, by_stage: bool, label: dict, seen: dict) -> dict[str, int]:
+    "One look at the tree under `root`: updates `seen` (label, CPU s, peak MB by process); returns RSS by group."
+    try:
+        tree = [root, *root.children(recursive=True)]
+        parent = {p.pid: p.ppid() for p in tree}
+    except psutil.Error:
+        return {}
+    rss = {}
+    for p in tree:
+        top = p.pid  # the child of root this process descends from: its stage
+        while top != root.pid and parent.get(top, root.pid) != root.pid: top = parent[top]
+        try:
+            if top not in label:
+                label[top] = ("dvc" if top == root.pid else p.environ().get("DVC_STAGE", "dvc")) if by_stage else "all"
+            with p.oneshot():
+                cpu, mem = sum(p.cpu_times()[:2]), p.memory_info().rss
+            key = (p.pid, p.create_time())
+        except psutil.Error:
+            continue
+        _, cpu_was, hwm_was = seen.get(key, (None, 0.0, 0.0))  # an exiting process reads as 0 MB: keep maxima
+        seen[key] = (label[top], max(cpu, cpu_was), max(_hwm_mb(p.pid), mem / MB, hwm_was))
+        rss[label[top]] = rss.get(label[top], 0) + mem
+    return rss
+
+
+def _kill_tree(root: psutil.Process) -> None:
+    try:
+        procs = [*root.children(recursive=True), root]
+    except psutil.Error:
+        procs = [root]
+    for p in procs:
+        try: p.kill()
+        except psutil.Error: pass
+
+
 def watch(cmd: list[str], cwd: Path, by_stage: bool = False) -> dict:
     """Run `cmd` in `cwd`, polling its process tree. by_stage: group dvc's children by DVC_STAGE
     (dvc's own process is group "dvc"); otherwise the whole tree is one group "all"."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = ru.ru_utime + ru.ru_stime
+    label, groups, seen = {}, {}, {}
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True)
         root = psutil.Process(proc.pid)
-        label, groups, seen = {}, {}, {}  # label by top pid; stats by label; (label, cpu, hwm) by process
-        while proc.poll() is None:
-            now = time.perf_counter() - t0
-            try:
-                tree = [root, *root.children(recursive=True)]
-                parent = {p.pid: p.ppid() for p in tree}
-            except psutil.Error:
-                tree, parent = [], {}
-            rss = {}
-            for p in tree:
-                try:
-                    top = p.pid
-                    while top in parent and parent[top] != root.pid and top != root.pid: top = parent[top]
-                    if top not in label:
-                        label[top] = ("dvc" if top == root.pid else p.environ().get("DVC_STAGE", "dvc")) \
-                            if by_stage else "all"
-                    name = label[top]
-                    with p.oneshot():
-                        cpu, mem = sum(p.cpu_times()[:2]), p.memory_info().rss
-                    key, hwm = (p.pid, p.create_time()), max(_hwm_mb(p.pid), mem / MB)
-                    _, cpu_was, hwm_was = seen.get(key, (name, 0.0, 0.0))  # an exiting process reads as 0 MB: keep maxima
-                    seen[key] = (name, max(cpu, cpu_was), max(hwm, hwm_was))
-                    rss[name] = rss.get(name, 0) + mem
-                except psutil.Error:
-                    continue
-            for name, total in rss.items():
-                g = groups.setdefault(name, {"first": now, "last": now, "peak_tree_mb": 0.0})
-                g["last"], g["peak_tree_mb"] = now, max(g["peak_tree_mb"], total / MB)
-            time.sleep(INTERVAL_S)
+        try:
+            while proc.poll() is None:
+                now = time.perf_counter() - t0
+                for name, total in _sample(root, by_stage, label, seen).items():
+                    g = groups.setdefault(name, {"first": now, "last": now, "peak_tree_mb": 0.0})
+                    g["last"], g["peak_tree_mb"] = now, max(g["peak_tree_mb"], total / MB)
+                time.sleep(INTERVAL_S)
+        except BaseException:  # interrupted: end what this call started
+            _kill_tree(root)
+            raise
         wall = time.perf_counter() - t0
         log.seek(0)
         output = log.read()
@@ -151,7 +169,8 @@ def one_size(n_users: int, overrides: dict, repeat: int, keep: bool) -> dict:
     "Every measurement at one size, in a fresh copy of the working tree; the overhead only if `repeat` > 0."
     folder = Path(tempfile.mkdtemp(prefix=f"devchange-bench-{n_users}-"))
     print(f"\n== {n_users:,} users in {folder}", flush=True)
-    result = {"n_users": n_users, "mem_available_gb_before": round(psutil.virtual_memory().available / 1024**3, 1),
+    result = {"n_users": n_users, "started": dt.datetime.now().isoformat(timespec="seconds"), "nice": os.nice(0),
+              "mem_available_gb_before": round(psutil.virtual_memory().available / 1024**3, 1),
               "load_avg_before": os.getloadavg()}
     try:
         root = copy_project(folder / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
@@ -272,8 +291,11 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(sizes: list[int], out: Path, overrides: dict | None = None, repeat: int = 1, keep: bool = False) -> dict:
+def run(sizes: list[int], out: Path, overrides: dict | None = None, repeat: int = 1, keep: bool = False,
+        append: bool = False) -> dict:
+    "Measure `sizes`; the overhead at the smallest of them if `repeat` > 0; `append`: keep out/bench.json's other sizes."
     out.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((out / "bench.json").read_text()) if append and (out / "bench.json").is_file() else None
     report = {"machine": machine(),
               "run": {"started": dt.datetime.now().isoformat(timespec="seconds"), "sizes": sizes,
                       "overrides": overrides or {}, "overhead_repeat": repeat, "commit": _git("rev-parse", "HEAD"),
@@ -281,8 +303,12 @@ def run(sizes: list[int], out: Path, overrides: dict | None = None, repeat: int 
                       "load_avg_before": os.getloadavg(),
                       "mem_available_gb_before": round(psutil.virtual_memory().available / 1024**3, 1)},
               "stages": list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]), "sizes": []}
+    if earlier:
+        report["earlier_runs"] = [*earlier.get("earlier_runs", []), earlier["run"]]
+        report["sizes"] = [r for r in earlier["sizes"] if r["n_users"] not in sizes]
     for i, n in enumerate(sorted(sizes)):
         report["sizes"].append(one_size(n, overrides or {}, repeat if i == 0 else 0, keep))
+        report["sizes"].sort(key=lambda r: r["n_users"])
         me = resource.getrusage(resource.RUSAGE_SELF)
         report["run"]["monitor_cpu_s"] = round(me.ru_utime + me.ru_stime, 1)  # this process's own load on the machine
         report["run"]["load_avg_after"] = os.getloadavg()
@@ -300,7 +326,10 @@ if __name__ == "__main__":
     parser.add_argument("sizes", nargs="*", type=int, default=DEFAULT_SIZES, help="numbers of users")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override (dotted key)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each side of the overhead comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side of the overhead comparison (0: skip it)")
+    parser.add_argument("--append", action="store_true", help="add to the sizes already in <out>/bench.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     args = parser.parse_args()
-    run(args.sizes, args.out, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}, args.repeat, args.keep)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up copies and processes
+    run(args.sizes, args.out, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}, args.repeat,
+        args.keep, args.append)
