@@ -7,10 +7,10 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export lock
+.PHONY: help env run test bench lab ui export lock promote image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock setup.py settings.ini
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "requirements.lock is resolved for Python 3.11; $(PYTHON) is " + sys.version.split()[0] + " (use make PYTHON=python3.11 ...)")'
@@ -26,8 +26,11 @@ env: $(VENV)/.installed  ## create .venv from the lock, install devchange and it
 run: env  ## run the whole pipeline (dvc repro)
 	dvc repro
 
-test: env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end
+test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
 	pytest
+
+promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
+	devchange promote
 
 SIZES ?= 20000 100000 300000 1000000
 bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)
@@ -47,3 +50,64 @@ export: env  ## regenerate devchange/ from the notebooks, then strip the noteboo
 
 lock: env  ## re-resolve requirements.in into requirements.lock
 	uv pip compile requirements.in -o requirements.lock --python-version 3.11
+
+# Airflow: its own environment (.venv-airflow, from airflow/requirements.lock; its web and database
+# pins never meet the project's lock). Its tasks run the project's commands with $(VENV).
+.PHONY: airflow-env airflow airflow-cli airflow-lock
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_PORT ?= 8080
+# tasks at once: 1 suits the SQLite stores (Airflow's and MLflow's) of one small machine
+AIRFLOW_PARALLELISM ?= 1
+AIRFLOW_ENV = PATH=$(abspath $(AIRFLOW_VENV))/bin:$$PATH \
+	AIRFLOW_HOME=$(CURDIR)/airflow/home \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/airflow/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__PARALLELISM=$(AIRFLOW_PARALLELISM) \
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+	DEVCHANGE_VENV=$(abspath $(VENV))
+
+$(AIRFLOW_VENV)/.installed: airflow/requirements.lock $(VENV)/.installed
+	test -x $(AIRFLOW_VENV)/bin/python || $(VENV)/bin/python -m venv --without-pip $(AIRFLOW_VENV)
+	$(VENV)/bin/uv pip sync --quiet --python $(AIRFLOW_VENV)/bin/python airflow/requirements.lock
+	touch $@
+
+airflow-env: $(AIRFLOW_VENV)/.installed  ## create .venv-airflow from airflow/requirements.lock
+
+airflow: env airflow-env  ## Airflow with this project's DAGs: UI and API on http://127.0.0.1:8080 (AIRFLOW_PORT=...)
+	@echo "Airflow home: airflow/home (metadata DB, logs).  DAGs: airflow/dags (paused until you unpause them)."
+	@echo "UI: http://127.0.0.1:$(AIRFLOW_PORT)  user: admin  password: in airflow/home/simple_auth_manager_passwords.json.generated (written at the first start)"
+	$(AIRFLOW_ENV) airflow/start.sh
+
+airflow-cli: env airflow-env  ## run an airflow command on this project's Airflow, e.g. make airflow-cli ARGS="dags list"
+	$(AIRFLOW_ENV) $(AIRFLOW_VENV)/bin/airflow $(ARGS)
+
+airflow-lock: env  ## re-resolve airflow/requirements.in into airflow/requirements.lock
+	uv pip compile airflow/requirements.in -o airflow/requirements.lock --python-version 3.11
+
+# Delivery: the Docker image, the compose stack's test, and the CI/CD workflow's steps
+# (.github/workflows/ci.yml runs only these targets; .ci/run and the tests run each of them).
+IMAGE ?= devchange:latest
+BASE_IMAGE ?= python:3.11-slim
+DEVCHANGE_UID ?= 1000
+DOCKER_RUN_FLAGS ?= --rm
+BASE ?= origin/main
+PR_REPORT ?= pr-report.md
+# tests/conftest.py's TINY settings (tests/test_ci.py keeps the two equal)
+TINY_PARAMS := generate.n_users=1500 models.lightgbm.params.n_estimators=40 models.lightgbm.params.min_child_samples=20
+
+image:  ## build the Docker image IMAGE from BASE_IMAGE (a TLS proxy's CA: put it in docker/certs/*.crt)
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg UID=$(DEVCHANGE_UID) -t $(IMAGE) .
+
+image-run:  ## run the image's default command, dvc repro, tracking to MLFLOW_TRACKING_URI
+	docker run $(DOCKER_RUN_FLAGS) -e MLFLOW_TRACKING_URI -e MLFLOW_TRACKING_USERNAME -e MLFLOW_TRACKING_PASSWORD \
+		-e MLFLOW_EXPERIMENT_NAME $(IMAGE)
+
+test-docker: env  ## build and run the image, alone and as the compose stack (starts an engine if none runs)
+	docker/test.sh
+
+repro-tiny: env  ## the pipeline on tiny data in a temporary folder (dvc exp run --temp); the workspace stays
+	dvc exp run --temp $(addprefix -S ,$(TINY_PARAMS))
+
+pr-report: env  ## PR_REPORT (markdown): params and metrics of the workspace against BASE (a git revision)
+	.ci/pr-report $(BASE) > $(PR_REPORT)
+	@echo "wrote $(PR_REPORT)"

@@ -7,18 +7,20 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
-from conftest import TINY, copy_project, run, update_params
+from conftest import ROOT, TINY, copy_project, run, update_params
 
-STAGES = ["generate", "validate", "featurize", "cross_validate", "train", "promote", "score"]
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 OUTPUTS = ["data/raw/target.feather", "data/raw/user_features.feather", "data/raw/scoring_user_features.feather",
            "data/raw/scoring_target.feather", "data/raw/oracle.feather",
+           "data/stream/2020-10-31/features.feather", "data/stream/2020-11-30/targets.feather",
            "data/processed/train.parquet", "data/processed/scoring.parquet", "data/processed/features.json",
            "data/predictions/oof.parquet", "data/predictions/scoring.parquet",
-           "models/model.joblib", "models/model.json",
+           "models/model.joblib", "models/model.json", "models/reference.json",
            "reports/metrics/data.json", "reports/metrics/cv.json", "reports/metrics/train.json",
-           "reports/metrics/promotion.json", "reports/metrics/score.json", "reports/plots/cv_folds.csv", "reports/plots/gains.csv",
-           "reports/plots/importance.csv"]
+           "reports/metrics/score.json", "reports/metrics/monitoring.json", "reports/plots/cv_folds.csv",
+           "reports/plots/gains.csv", "reports/plots/importance.csv", "reports/plots/drift.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_every_stage_writes_its_outputs_and_report(project):
         text = html.read_text()
         assert "Key figures" in text, f"{stage}: the report does not end with its key figures"
         assert str(root) not in nb.read_text(), f"{stage}: machine-specific path in the report"
-    for stage in ("cross_validate", "train", "score"):
+    for stage in ("cross_validate", "train", "score", "monitor"):
         assert "data:image/png;base64" in (root / "reports" / f"{stage}.html").read_text(), f"{stage}: no plot"
 
 
@@ -53,6 +55,16 @@ def test_second_repro_has_nothing_to_do(project):
     out = run(["dvc", "repro"], root).stdout
     assert "Running stage" not in out, out
     assert "up to date" in run(["dvc", "status"], root).stdout
+
+
+def test_a_forced_rerun_reproduces_every_output_byte_for_byte(project):
+    "Every hash in dvc.lock (data, models, metrics, executed reports) is a function of code, data and params."
+    root, _ = project
+    before = (root / "dvc.lock").read_text()
+    run(["dvc", "repro", "--force"], root)
+    after = (root / "dvc.lock").read_text()
+    assert after == before, "outputs differ between two runs of the same inputs: " + "; ".join(
+        l.strip() for l in after.splitlines() if l not in before.splitlines())[:2000]
 
 
 def test_cross_validation_metrics(project):
@@ -86,11 +98,58 @@ def test_scoring_output(project):
     assert pred["month"].dt.strftime("%Y-%m-%d").unique().tolist() == ["2020-09-30"]
 
 
+def _drifted_features(root) -> list[str]:
+    "The generator's drifting numeric features, and the brand, which gains a level in the scoring month."
+    from devchange.config import load_params
+    from devchange.generate import feature_roles
+    roles = feature_roles(load_params(root / "params.yaml").generate)
+    return sorted(roles.loc[roles["drifts"] | (roles["role"] == "brand"), "feature"])
+
+
+def test_monitor_puts_the_drifted_features_on_top_and_is_not_ok(project):
+    root, _ = project
+    doc = json.loads((root / "reports/metrics/monitoring.json").read_text())
+    drifted = _drifted_features(root)
+    assert sorted(list(doc["drift"]["features"])[:len(drifted)]) == drifted, list(doc["drift"]["features"])[:8]
+    assert doc["verdict"]["status"] != "ok", doc["verdict"]
+    assert all(doc["drift"]["features"][f]["psi"] >= 0.1 for f in drifted)
+    assert doc["performance"]["n_with_target"] == doc["drift"]["n"] > 0
+    assert doc["performance"]["oracle_lift_at_k"] > 1
+
+
+def test_tracking_settings_rerun_nothing(project):
+    root, _ = project
+    update_params(root, {"tracking.timeout_s": 7, "tracking.model_name": "another-name"})
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout)
+    assert status == {}, status
+    run(["git", "checkout", "params.yaml"], root)
+
+
+def test_a_code_change_reruns_every_stage_that_uses_it(project):
+    from test_dvc_deps import stages_using
+    root, _ = project
+    metrics = root / "devchange" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n# an edit\n")
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout)
+    run(["git", "checkout", "devchange/metrics.py"], root)
+    assert set(status) == stages_using("metrics") == {"cross_validate", "train", "score", "monitor"}, status
+
+
 def test_one_parameter_reruns_only_its_stages(project):
     root, _ = project
     update_params(root, {"featurize.float32": False})
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
     assert set(status) == {"featurize"}, status
+    run(["git", "checkout", "params.yaml"], root)
+
+
+def test_a_run_without_drift_is_ok(project):
+    root, _ = project
+    update_params(root, {"generate.drift": 0.0, "generate.unseen_category_share": 0.0})
+    run(["dvc", "repro"], root)
+    doc = json.loads((root / "reports/metrics/monitoring.json").read_text())
+    assert doc["verdict"]["status"] == "ok", doc["verdict"]
+    assert doc["drift"]["max_feature_psi"] < 0.1 and doc["drift"]["score_psi"] < 0.1
     run(["git", "checkout", "params.yaml"], root)
 
 

@@ -28,6 +28,7 @@ from devchange.config import METRIC_NAMES, ModelParams
 from devchange.cross_validation import AGGREGATES, aggregate_folds, select_candidate
 from devchange.features import TARGET, FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
+from devchange.production import promotion_decision
 from devchange.tracking import TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,13 +105,20 @@ def _summary(mean: float, minimum: float) -> dict:
 def _train(toy, kind: str, summary: dict, model_name: str, timeout_s: float = 30) -> dict:
     model, spec = toy["fitted"][kind], toy["spec"]
     with tracking.pipeline_run(timeout_s=timeout_s):
-        return tracking.log_training(model, spec.columns, toy["table"].head(50), feature_importance(model, spec),
-                                     summary, model_name)
+        return tracking.log_training(model, spec, toy["table"].head(50), feature_importance(model, spec),
+                                     summary, model_name, profile={"base_rate": 0.1},
+                                     version_tags={"devchange.last_train_month": "2020-08-31"})
 
 
-def _decide_and_apply(model_name: str, version: int, margin: float = 0.1, floor: float = 1.5) -> dict:
+def _decide_and_apply(model_name: str, version: int, lifts: dict, margin: float = 0.1, floor: float = 1.5) -> dict:
+    "The production rule (a pure function) on given lifts of the evaluation month, recorded in the registry."
     client = MlflowClient()
-    decision = tracking.decide_promotion(client, model_name, version, margin=margin, floor=floor)
+    cv_min = lambda v: float(client.get_model_version(model_name, str(v)).tags["cv_lift_at_k_min"])
+    champion = tracking.alias_version(client, model_name, tracking.CHAMPION)
+    decision = promotion_decision(model_name, {"version": version, "lift": lifts[version], "cv_min": cv_min(version)},
+                                  None if champion is None else {"version": champion, "lift": lifts[champion],
+                                                                 "cv_min": cv_min(champion)},
+                                  margin, floor, "2020-09-30")
     tracking.apply_promotion(client, model_name, decision)
     return decision
 
@@ -254,7 +262,7 @@ def test_training_logs_model_and_registers_challenger(repo, toy, model_name):
     assert run.data.metrics["cv_lift_at_k_mean"] == 3.2 and run.data.metrics["cv_lift_at_k_min"] == 2.9
     assert {f"importance_{c}" for c in toy["spec"].columns} <= set(run.data.metrics)
     assert run.data.params["estimator"] == "LGBMClassifier" and run.data.params["n_estimators"] == "20"
-    assert "importance.csv" in {f.path for f in client.list_artifacts(out["run_id"])}
+    assert {"importance.csv", "feature_spec.json", "reference_profile.json"} <= {f.path for f in client.list_artifacts(out["run_id"])}
 
     info = mlflow.models.get_model_info(out["model_uri"])
     assert "lightgbm" in info.flavors and info.signature is not None
@@ -264,14 +272,14 @@ def test_training_logs_model_and_registers_challenger(repo, toy, model_name):
     assert tracking.model_aliases(client, model_name) == {"challenger": out["version"]}
     mv = client.get_model_version(model_name, str(out["version"]))
     assert float(mv.tags["cv_lift_at_k_mean"]) == 3.2 and float(mv.tags["cv_lift_at_k_min"]) == 2.9
-    assert mv.run_id == out["run_id"]
+    assert mv.run_id == out["run_id"] and mv.tags["devchange.last_train_month"] == "2020-08-31"
 
 
 def test_first_model_becomes_champion(repo, toy, model_name):
     v1 = _train(toy, "lightgbm", _summary(3.0, 2.0), model_name)["version"]
-    decision = _decide_and_apply(model_name, v1)
+    decision = _decide_and_apply(model_name, v1, {v1: 3.1})
     assert decision["decision"] == "promoted" and decision["promoted"]
-    assert decision["champion_version"] is None and decision["challenger_min"] == 2.0
+    assert decision["champion_version"] is None and decision["challenger_cv_min"] == 2.0
     assert "no champion yet" in decision["reason"]
     client = MlflowClient()
     assert tracking.model_aliases(client, model_name) == {"champion": v1, "challenger": v1}
@@ -281,35 +289,37 @@ def test_first_model_becomes_champion(repo, toy, model_name):
 
 def test_worse_challenger_keeps_champion_better_one_takes_over(repo, toy, model_name):
     v1 = _train(toy, "lightgbm", _summary(3.0, 2.0), model_name)["version"]
-    _decide_and_apply(model_name, v1)
-    v2 = _train(toy, "logreg", _summary(3.05, 2.5), model_name)["version"]  # better, but within the margin
-    kept = _decide_and_apply(model_name, v2, margin=0.1)
-    assert kept["decision"] == "kept" and kept["champion_version"] == v1 and kept["champion_mean"] == 3.0
+    _decide_and_apply(model_name, v1, {v1: 3.0})
+    v2 = _train(toy, "logreg", _summary(3.05, 2.5), model_name)["version"]
+    kept = _decide_and_apply(model_name, v2, {v1: 3.0, v2: 3.05}, margin=0.1)  # better, but within the margin
+    assert kept["decision"] == "kept" and kept["champion_version"] == v1 and kept["champion_lift"] == 3.0
     client = MlflowClient()
     assert tracking.model_aliases(client, model_name) == {"champion": v1, "challenger": v2}
     assert client.get_model_version(model_name, str(v2)).tags["promotion.champion_before"] == str(v1)
 
     v3 = _train(toy, "logreg", _summary(3.5, 2.5), model_name)["version"]
-    promoted = _decide_and_apply(model_name, v3, margin=0.1)
+    promoted = _decide_and_apply(model_name, v3, {v1: 3.0, v3: 3.5}, margin=0.1)
     assert promoted["decision"] == "promoted" and promoted["champion_version"] == v1
     assert tracking.model_aliases(client, model_name) == {"champion": v3, "challenger": v3}
 
 
 def test_challenger_below_floor_is_not_promoted(repo, toy, model_name):
     v1 = _train(toy, "lightgbm", _summary(3.0, 1.2), model_name)["version"]  # good mean, one bad month
-    decision = _decide_and_apply(model_name, v1, floor=1.5)
+    decision = _decide_and_apply(model_name, v1, {v1: 3.5}, floor=1.5)
     assert decision["decision"] == "kept" and "below the floor" in decision["reason"]
     assert tracking.model_aliases(MlflowClient(), model_name) == {"challenger": v1}
     with pytest.raises(TrackingError, match="no 'champion' alias"):
-        tracking.load_champion(model_name, timeout_s=30)
+        tracking.load_version(MlflowClient(), model_name, alias=tracking.CHAMPION)
 
 
 @pytest.mark.parametrize("kind", ["lightgbm", "logreg"])
 def test_load_champion_reproduces_predict_proba(repo, toy, model_name, kind):
     v1 = _train(toy, kind, _summary(3.0, 2.0), model_name)["version"]
-    _decide_and_apply(model_name, v1)
-    model, version = tracking.load_champion(model_name, timeout_s=30)
-    assert version == v1 and hasattr(model, "predict_proba")
+    _decide_and_apply(model_name, v1, {v1: 3.0})
+    tracking.configure(timeout_s=30)
+    champion = tracking.load_version(MlflowClient(), model_name, alias=tracking.CHAMPION)
+    model, version = champion.model, champion.version
+    assert version == v1 and hasattr(model, "predict_proba") and champion.spec == toy["spec"]
     table, spec = toy["table"], toy["spec"]
     assert np.array_equal(predict_proba(model, table, spec), predict_proba(toy["fitted"][kind], table, spec))
 

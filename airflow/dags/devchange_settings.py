@@ -1,0 +1,135 @@
+"""Configuration shared by devchange's DAGs (not a DAG file: listed in .airflowignore).
+
+Every value comes from an environment variable of the Airflow processes (DAG processor,
+scheduler, workers), with a default that works in a fresh clone started by `make airflow`:
+
+| variable                        | default                           | what                                     |
+|---------------------------------|-----------------------------------|------------------------------------------|
+| DEVCHANGE_ROOT                  | the repository holding this file  | project root: dvc.yaml, params.yaml      |
+| DEVCHANGE_VENV                  | <root>/.venv                      | the project's environment (dvc, devchange)|
+| DEVCHANGE_STREAM_DIR            | <root>/data/stream                | monthly files: <month>/features.feather, <month>/targets.feather |
+| MLFLOW_TRACKING_URI             | unset: <root>/mlflow.db (SQLite)  | tracking server / registry               |
+| DEVCHANGE_RETRIES               | 1                                 | retries per task                         |
+| DEVCHANGE_RETRY_DELAY_S         | 300                               | wait before a retry                      |
+| DEVCHANGE_TASK_TIMEOUT_S        | 7200                              | a task running longer fails              |
+| DEVCHANGE_TRAINING_SCHEDULE     | unset: triggered only             | cron or preset (@weekly) for training    |
+| DEVCHANGE_MONTHLY_CRON          | 0 6 1 * *                         | when a month's production run starts     |
+| DEVCHANGE_RETRAIN_TRIGGERS_TRAINING | true                          | a failed evaluation triggers training    |
+| DEVCHANGE_QUEUE                 | unset: Airflow's default queue    | executor queue of every task             |
+
+Tasks run the project's own commands (`dvc`, `devchange`) in the project's environment, in
+the project root; nothing of the pipeline is written here.
+"""
+from __future__ import annotations
+
+import calendar
+import os
+import shlex
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+
+class SettingsError(ValueError):
+    "A DEVCHANGE_* variable has a value the DAGs cannot use."
+
+
+def _path(name: str, default: Path, root: Path | None = None) -> Path:
+    value = os.environ.get(name)
+    if not value: return default.resolve()
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() or root is None else root / p).resolve()
+
+
+def _number(name: str, default: float, kind=int):
+    value = os.environ.get(name)
+    if value in (None, ""): return kind(default)
+    try:
+        n = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected a {kind.__name__}") from None
+    if n < 0: raise SettingsError(f"{name}={value!r}: must not be negative")
+    return n
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value: return default
+    if value in ("1", "true", "yes", "on"): return True
+    if value in ("0", "false", "no", "off"): return False
+    raise SettingsError(f"{name}={value!r}: expected true or false")
+
+
+ROOT = _path("DEVCHANGE_ROOT", Path(__file__).resolve().parents[2])
+VENV = _path("DEVCHANGE_VENV", ROOT / ".venv", ROOT)
+STREAM_DIR = _path("DEVCHANGE_STREAM_DIR", ROOT / "data" / "stream", ROOT)
+TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+RETRIES = _number("DEVCHANGE_RETRIES", 1)
+RETRY_DELAY = timedelta(seconds=_number("DEVCHANGE_RETRY_DELAY_S", 300, float))
+TASK_TIMEOUT = timedelta(seconds=_number("DEVCHANGE_TASK_TIMEOUT_S", 7200, float))
+TRAINING_SCHEDULE = os.environ.get("DEVCHANGE_TRAINING_SCHEDULE") or None
+MONTHLY_CRON = os.environ.get("DEVCHANGE_MONTHLY_CRON") or "0 6 1 * *"
+RETRAIN_TRIGGERS_TRAINING = _flag("DEVCHANGE_RETRAIN_TRIGGERS_TRAINING", True)
+QUEUE = os.environ.get("DEVCHANGE_QUEUE") or None  # e.g. the one worker that holds the workspace
+
+TRAINING_DAG_ID = "devchange_training"
+MONTHLY_DAG_ID = "devchange_monthly"
+
+
+def default_args() -> dict:
+    "Retries, timeout and queue of every task, from the environment."
+    args = {"owner": "devchange", "retries": RETRIES, "retry_delay": RETRY_DELAY, "execution_timeout": TASK_TIMEOUT}
+    if QUEUE: args["queue"] = QUEUE
+    return args
+
+
+def dvc_stages(root: Path = ROOT) -> list[str]:
+    "The pipeline's stages, in dvc.yaml's order (the training DAG's tasks)."
+    dvc_yaml = root / "dvc.yaml"
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except OSError as e:
+        raise SettingsError(f"{dvc_yaml}: cannot read the pipeline ({e.strerror}); "
+                            "set DEVCHANGE_ROOT to the project's root") from None
+    if not stages: raise SettingsError(f"{dvc_yaml}: no stages")
+    unsupported = [name for name, spec in stages.items() if isinstance(spec, dict) and ("foreach" in spec or "matrix" in spec)]
+    if unsupported: raise SettingsError(f"{dvc_yaml}: foreach/matrix stages are not supported: {unsupported}")
+    return list(stages)
+
+
+def project_command(command: str) -> str:
+    """A bash command that runs `command` in the project root with the project's environment first on PATH.
+
+    Task environment: the worker's, plus `env()` (BashOperator with append_env=True)."""
+    venv_bin = shlex.quote(str(VENV / "bin"))
+    return (f'test -x {venv_bin}/python || {{ echo "no project environment at {VENV}: run make env '
+            f'or set DEVCHANGE_VENV" >&2; exit 1; }}\n'
+            f'export PATH={venv_bin}:"$PATH"\n'
+            f'{command}\n')
+
+
+def env() -> dict[str, str]:
+    "Variables every task adds to the worker's environment."
+    e = {"DEVCHANGE_ROOT": str(ROOT), "VIRTUAL_ENV": str(VENV)}
+    if TRACKING_URI: e["MLFLOW_TRACKING_URI"] = TRACKING_URI
+    return e
+
+
+def _as_date(logical_date) -> date:
+    if logical_date is None:
+        raise SettingsError("this DAG run has no logical date: trigger it with one (the month to run is "
+                            "the logical date's month; the wall clock is never used)")
+    return logical_date.date() if isinstance(logical_date, datetime) else logical_date
+
+
+def month_end(logical_date) -> str:
+    "The month a run is for: the last day of its logical date's calendar month, as YYYY-MM-DD."
+    d = _as_date(logical_date)
+    return d.replace(day=calendar.monthrange(d.year, d.month)[1]).isoformat()
+
+
+def previous_month_end(logical_date) -> str:
+    "The month before the run's month, as YYYY-MM-DD (its last day)."
+    d = _as_date(logical_date)
+    return (d.replace(day=1) - timedelta(days=1)).isoformat()
