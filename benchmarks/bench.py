@@ -20,7 +20,7 @@ reports or dvc.lock, so it runs from clean, with its own embedded MLflow store),
    process, same parameters, no papermill, kernel, HTML or report logging) against the stage
    through `devchange-stage`, best of --repeat runs each: the notebook-first overhead.
 4. LightGBM against scikit-learn's HistGradientBoostingClassifier on the same folds, one process
-   each (benchmarks/models.py).
+   each (benchmarks/models.py); --no-models skips it.
 
 Writes <out>/bench.json and <out>/scale.png (log-log time and memory against users) and prints
 a table. Timings are measurements of this machine at this moment: compare runs on one machine."""
@@ -165,7 +165,7 @@ def overhead(root: Path, stages: list[str], in_repro: dict, repeat: int) -> dict
     return out
 
 
-def one_size(n_users: int, overrides: dict, repeat: int, keep: bool) -> dict:
+def one_size(n_users: int, overrides: dict, repeat: int, keep: bool, models: bool = True) -> dict:
     "Every measurement at one size, in a fresh copy of the working tree; the overhead only if `repeat` > 0."
     folder = Path(tempfile.mkdtemp(prefix=f"devchange-bench-{n_users}-"))
     print(f"\n== {n_users:,} users in {folder}", flush=True)
@@ -200,7 +200,7 @@ def one_size(n_users: int, overrides: dict, repeat: int, keep: bool) -> dict:
             result["overhead"] = overhead(root, ran, result["full_run"]["stages"], repeat)
 
         result["models"] = {}
-        for kind in MODELS:
+        for kind in MODELS if models else []:
             run = watch([sys.executable, str(ROOT / "benchmarks/models.py"), kind], root)
             result["models"][kind] = {**json.loads(run["output"].strip().splitlines()[-1]),
                                       "wall_s": run["wall_s"], "peak_mb": run["groups"]["all"]["peak_process_mb"]}
@@ -254,7 +254,8 @@ def table(report: dict) -> str:
             "no-op dvc repro": lambda r: f"{r['noop']['wall_s']:.1f} s",
             "score, users per second": lambda r: f"{r['score']['users_per_s']:,}" if "score" in r else "–",
             **{f"{k}: fit s (sum over folds) / mean lift@k": (lambda r, k=k: f"{r['models'][k]['fit_s']:.1f} s / "
-                                                                      f"{r['models'][k]['mean_lift_at_k']:.3f}")
+                                                                      f"{r['models'][k]['mean_lift_at_k']:.3f}"
+                                                                      if k in r.get("models", {}) else "–")
                for k in MODELS}}
     lines += [f"| {name} | " + " | ".join(fn(r) for r in sizes) + " |" for name, fn in rows.items()]
     out = "\n".join(lines)
@@ -292,13 +293,13 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run(sizes: list[int], out: Path, overrides: dict | None = None, repeat: int = 1, keep: bool = False,
-        append: bool = False) -> dict:
+        append: bool = False, models: bool = True) -> dict:
     "Measure `sizes`; the overhead at the smallest of them if `repeat` > 0; `append`: keep out/bench.json's other sizes."
     out.mkdir(parents=True, exist_ok=True)
     earlier = json.loads((out / "bench.json").read_text()) if append and (out / "bench.json").is_file() else None
     report = {"machine": machine(),
               "run": {"started": dt.datetime.now().isoformat(timespec="seconds"), "sizes": sizes,
-                      "overrides": overrides or {}, "overhead_repeat": repeat, "commit": _git("rev-parse", "HEAD"),
+                      "overrides": overrides or {}, "overhead_repeat": repeat, "models": models, "commit": _git("rev-parse", "HEAD"),
                       "dirty": bool(_git("status", "--porcelain")), "nice": os.nice(0), "interval_s": INTERVAL_S,
                       "load_avg_before": os.getloadavg(),
                       "mem_available_gb_before": round(psutil.virtual_memory().available / 1024**3, 1)},
@@ -307,7 +308,7 @@ def run(sizes: list[int], out: Path, overrides: dict | None = None, repeat: int 
         report["earlier_runs"] = [*earlier.get("earlier_runs", []), earlier["run"]]
         report["sizes"] = [r for r in earlier["sizes"] if r["n_users"] not in sizes]
     for i, n in enumerate(sorted(sizes)):
-        report["sizes"].append(one_size(n, overrides or {}, repeat if i == 0 else 0, keep))
+        report["sizes"].append(one_size(n, overrides or {}, repeat if i == 0 else 0, keep, models))
         report["sizes"].sort(key=lambda r: r["n_users"])
         me = resource.getrusage(resource.RUSAGE_SELF)
         report["run"]["monitor_cpu_s"] = round(me.ru_utime + me.ru_stime, 1)  # this process's own load on the machine
@@ -329,7 +330,9 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side of the overhead comparison (0: skip it)")
     parser.add_argument("--append", action="store_true", help="add to the sizes already in <out>/bench.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    parser.add_argument("--no-models", dest="models", action="store_false",
+                        help="skip the LightGBM / HistGradientBoosting comparison (step 4)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up copies and processes
     run(args.sizes, args.out, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}, args.repeat,
-        args.keep, args.append)
+        args.keep, args.append, args.models)
