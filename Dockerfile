@@ -28,7 +28,8 @@ ARG UID=1000
 RUN useradd --create-home --uid "${UID}" --shell /bin/bash devchange
 
 # The environment: exactly the lock, with the installer version the lock pins. A layer of its own,
-# so a change of code does not reinstall it.
+# so a change of code does not reinstall it. Compiled to bytecode here: the container's user cannot
+# write __pycache__ under /opt/venv, and every process would compile MLflow, pandas, ... from source.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONHASHSEED=0 \
@@ -38,7 +39,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 COPY requirements.lock /tmp/requirements.lock
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install --quiet "$(grep -E '^uv==' /tmp/requirements.lock)" \
-    && uv pip sync --quiet --python /opt/venv/bin/python /tmp/requirements.lock \
+    && uv pip sync --quiet --compile-bytecode --python /opt/venv/bin/python /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 
 # Airflow's own environment (airflow/requirements.lock: its web and database pins never meet the

@@ -12,11 +12,15 @@ export PYTHONHASHSEED := 0
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# --compile-bytecode: every import then reads .pyc files written once here (~25 s on 2 cores). Without
+# them, where PYTHONDONTWRITEBYTECODE is set (CI, containers) every stage's two processes compiled
+# MLflow, pandas, SQLAlchemy, ... from source again: about 6 s of each stage. An older .venv gets them
+# with `rm .venv/.installed && make env`.
 $(VENV)/.installed: requirements.lock setup.py settings.ini
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "requirements.lock is resolved for Python 3.11; $(PYTHON) is " + sys.version.split()[0] + " (use make PYTHON=python3.11 ...)")'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync --quiet --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/uv pip sync --quiet --compile-bytecode --python $(VENV)/bin/python requirements.lock
 	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python --no-deps -e .
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name devchange --display-name "Python (devchange)" >/dev/null
 	touch $@
@@ -32,8 +36,9 @@ test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nb
 promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
 	devchange promote
 
-bench: env  ## time and peak memory per step at 20k and 100k users (benchmarks/scale.py)
-	python benchmarks/scale.py
+SIZES ?= 20000 100000 300000 1000000
+bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)
+	python benchmarks/bench.py $(SIZES)
 
 lab: env  ## open the notebooks in JupyterLab
 	jupyter lab nbs/

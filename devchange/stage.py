@@ -9,15 +9,20 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+# jsonschema, which nbformat imports, imports `rfc3987_syntax` when it is installed, only to check
+# strings of format "iri"; that builds a Lark grammar at import, about a second of every stage, and
+# the notebook schema has no such format. Any other schema validated in this process that needs it
+# (none in this project) would accept any string as an IRI.
+if "rfc3987_syntax" not in sys.modules: sys.modules["rfc3987_syntax"] = None
 
 import nbformat
 import papermill as pm
 import yaml
-from nbconvert import HTMLExporter
 
-from . import tracking
 from .config import ParamsError, load_params, paths, plain, read_params_yaml
 
 # %% auto #0
@@ -133,9 +138,46 @@ def render_html(notebook: Path, html: Path) -> None:
             cell["id"] = "injected-parameters"  # a random new id would make every rendering differ
         cells.append(cell)
     nb.cells = cells
+    from nbconvert import HTMLExporter  # here, not at the top: the runner imports it while the notebook runs
     body, _ = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                            exclude_output_prompt=True).from_notebook_node(nb)
     html.write_text(body, encoding="utf-8")
+
+
+class _InBackground(threading.Thread):
+    "Run `fn(*args)` in a thread from now on; `result()` waits for it and raises what it raised."
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self._fn, self._args, self._error = fn, args, None
+        self.start()
+
+    def run(self):
+        try: self._fn(*self._args)
+        except BaseException as e: self._error = e
+
+    def result(self) -> None:
+        self.join()
+        if self._error is not None: raise self._error
+
+
+def _set_up_tracking(timeout_s: float) -> None:
+    # MLflow and nbconvert take seconds to import: a stage imports them once, here
+    from nbconvert import HTMLExporter  # noqa: F401  (for render_html)
+    from devchange import tracking
+    tracking.configure(timeout_s)
+
+
+def _tracking_while_running() -> bool:
+    "Set tracking up while the notebook runs only for an embedded store that exists (a server, or a new store, first)."
+    return not os.environ.get("MLFLOW_TRACKING_URI") and (paths().root / "mlflow.db").is_file()
+
+
+def _ipc_kernel(folder: Path):
+    """Kernel manager settings: talk to the kernel over Unix sockets in `folder` (private to the user), not
+    TCP ports on localhost, which ipykernel warns about in every report ("running over TCP without
+    encryption")."""
+    from traitlets.config import Config
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
 
 
 def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -> Path:
@@ -150,23 +192,34 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
     reports = root / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     failed = reports / "failed" / f"{name}.ipynb"
-    tracking.configure(params.tracking.timeout_s)
-    with tempfile.TemporaryDirectory(dir=reports, prefix=".tmp-") as tmp:
-        out_nb, out_html = Path(tmp) / f"{name}.ipynb", Path(tmp) / f"{name}.html"
-        try:
-            pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name=kernel,
-                                cwd=str(root), progress_bar=False)
-        except pm.PapermillExecutionError as e:
-            failed.parent.mkdir(exist_ok=True)
-            shutil.copyfile(out_nb, failed)
-            raise StageError(f"stage {name} failed: {e.ename}: {e.evalue}\n"
-                             f"  (executed notebook: {failed.relative_to(root)}; earlier reports are unchanged)") from None
-        strip_run_metadata(out_nb, root)
-        render_html(out_nb, out_html)
-        os.replace(out_nb, reports / f"{name}.ipynb")
-        os.replace(out_html, reports / f"{name}.html")
+    timeout_s = params.tracking.timeout_s
+    if _tracking_while_running(): setup = _InBackground(_set_up_tracking, timeout_s)
+    else: _set_up_tracking(timeout_s); setup = _InBackground(lambda: None)
+    sockets = Path(tempfile.mkdtemp(prefix="devchange-kernel-"))  # short: a Unix socket path has ~100 bytes
+    try:
+        with tempfile.TemporaryDirectory(dir=reports, prefix=".tmp-") as tmp:
+            out_nb, out_html = Path(tmp) / f"{name}.ipynb", Path(tmp) / f"{name}.html"
+            try:  # saved once at the end (and on failure), not twice per cell
+                pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name=kernel,
+                                    cwd=str(root), progress_bar=False, request_save_on_cell_execute=False,
+                                    config=_ipc_kernel(sockets))
+            except pm.PapermillExecutionError as e:
+                failed.parent.mkdir(exist_ok=True)
+                shutil.copyfile(out_nb, failed)
+                raise StageError(f"stage {name} failed: {e.ename}: {e.evalue}\n"
+                                 f"  (executed notebook: {failed.relative_to(root)}; earlier reports are unchanged)") from None
+            strip_run_metadata(out_nb, root)
+            setup.join()  # render_html's import
+            render_html(out_nb, out_html)
+            os.replace(out_nb, reports / f"{name}.ipynb")
+            os.replace(out_html, reports / f"{name}.html")
+    finally:
+        setup.join()
+        shutil.rmtree(sockets, ignore_errors=True)
     failed.unlink(missing_ok=True)
-    with tracking.pipeline_run(params.tracking.timeout_s):
+    setup.result()  # a broken store fails the stage here
+    from devchange import tracking
+    with tracking.pipeline_run(timeout_s):  # reuses the set-up above
         tracking.log_stage_report(name, [reports / f"{name}.ipynb", reports / f"{name}.html"])
     return reports / f"{name}.ipynb"
 
@@ -179,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = run_stage(args.name, kernel=args.kernel)
-    except (StageError, ParamsError, FileNotFoundError, tracking.TrackingError) as e:
+    except (StageError, ParamsError, FileNotFoundError) as e:
+        print(f"devchange-stage: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        tracking = sys.modules.get("devchange.tracking")  # imported by run_stage once it sets tracking up
+        if tracking is None or not isinstance(e, tracking.TrackingError): raise
         print(f"devchange-stage: {e}", file=sys.stderr)
         return 1
     print(f"devchange-stage: {args.name}: wrote {out} and {out.with_suffix('.html')}")

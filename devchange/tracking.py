@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
@@ -25,12 +24,8 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
 
-from .config import RAW_FILES, ModelParams, paths, read_params_yaml
-from .cross_validation import AGGREGATES, ORACLE
+from .config import ORACLE, RAW_FILES, ModelParams, paths, read_params_yaml
 from .features import FeatureSpec
 from .io import file_lock, to_jsonable
 
@@ -139,22 +134,36 @@ def _store_lock(uri: str):
         yield
 
 
+_CONFIGURED: dict = {}  # what the last `configure` of this process set up: (uri, experiment) and its id
+
+
 def configure(timeout_s: float = DEFAULT_TIMEOUT_S, experiment: str | None = None) -> str:
     "Point MLflow at the project's store and experiment (default `experiment_name()`, created if needed); returns the URI."
     root = paths().root
     uri = tracking_uri(root)
+    name = experiment or experiment_name()
     _bound_http_calls(timeout_s)
     if urlsplit(uri).scheme in ("http", "https"): probe(uri, timeout_s)
     try:
         mlflow.set_tracking_uri(uri)
         with _store_lock(uri):  # two processes creating one SQLite store at once break its table migrations
-            exp_id = _ensure_experiment(MlflowClient(uri), experiment or experiment_name(), artifact_location(uri, root))
+            exp_id = _ensure_experiment(MlflowClient(uri), name, artifact_location(uri, root))
         mlflow.set_experiment(experiment_id=exp_id)
     except TrackingError as e:
         raise TrackingError(f"MLflow tracking at {redact(uri)}: {e}") from None
     except Exception as e:  # a broken database, a server error: name the store, keep the cause
         raise TrackingError(f"MLflow tracking at {redact(uri)}: {str(e).splitlines()[0][:300]}") from e
+    _CONFIGURED.clear()
+    _CONFIGURED.update(key=(uri, name), experiment_id=exp_id)
     return uri
+
+
+def _configured_experiment(timeout_s: float) -> str:
+    "The id of the current experiment: set up by this process's last `configure` if it still applies, else configure."
+    key = (tracking_uri(), experiment_name())
+    if _CONFIGURED.get("key") != key or mlflow.get_tracking_uri() != key[0]: configure(timeout_s)
+    else: _bound_http_calls(timeout_s)
+    return _CONFIGURED["experiment_id"]
 
 # %% ../nbs/11_tracking.ipynb #e72533aa
 KIND, STAGE, KEY = "devchange.kind", "devchange.stage", "devchange.pipeline_key"
@@ -263,10 +272,9 @@ def _find_or_create_parent(client: MlflowClient, experiment_id: str, ctx: Pipeli
 @contextlib.contextmanager
 def pipeline_run(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[mlflow.ActiveRun]:
     "The parent run of the pipeline run in progress, found or created by its key, active for the block."
-    configure(timeout_s)
+    experiment_id = _configured_experiment(timeout_s)  # once per process: a stage's runner configured it already
     client = MlflowClient()
-    run_id = _find_or_create_parent(client, mlflow.get_experiment_by_name(experiment_name()).experiment_id,
-                                    pipeline_context())
+    run_id = _find_or_create_parent(client, experiment_id, pipeline_context())
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         yield active  # already inside this parent: the outer block ends it
@@ -327,6 +335,7 @@ def _log_candidate(client: MlflowClient, parent: mlflow.ActiveRun, name: str, fo
     base = {STAGE: CV_STAGE, KEY: parent.data.tags[KEY], "devchange.candidate": name}
     run_id = _child_run(client, exp_id, parent.info.run_id, name, {**base, **tags})
     params = {} if cfg is None else {"kind": cfg.kind, **_flatten(cfg.params)}
+    from devchange.cross_validation import AGGREGATES  # here: the module imports LightGBM and scikit-learn
     metrics = {f"{r['metric']}_{a}": r[a] for r in aggregates.to_dict("records") for a in AGGREGATES}
     _log_batch(client, run_id, metrics=metrics, params=params)
     for row in folds.to_dict("records"): _log_fold(client, exp_id, run_id, base, row, plan.get(row["fold"], {}))
@@ -389,6 +398,7 @@ def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
 
 
 def _estimator_params(model) -> dict:
+    from sklearn.pipeline import Pipeline  # scikit-learn and LightGBM are imported where a model is logged
     if isinstance(model, Pipeline):  # the preprocessing is fixed by the feature spec; the estimator is the knob
         step, est = model.steps[-1]
         return {f"{step}.{k}": v for k, v in est.get_params(deep=False).items()}
@@ -403,6 +413,9 @@ def _cv_metrics(cv_summary: dict) -> dict[str, float]:
 
 
 def _log_model(model, X: pd.DataFrame):
+    import lightgbm as lgb
+    from mlflow.models import infer_signature
+    from sklearn.base import BaseEstimator
     signature = infer_signature(X, model.predict_proba(X))
     common = dict(name="model", signature=signature, input_example=X.head(5))
     if isinstance(model, lgb.LGBMModel):  # serving validation would fail: JSON turns categoricals into strings
