@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
 
-from .config import GenerateParams
-from .io import _umask
+from .config import RAW_FILES, DataParams, GenerateParams, Paths
+from .io import _umask, atomic_path, require, write_output, write_table
 
 # %% auto #0
 __all__ = ['SIGNAL_ROLES', 'NOISE_ROLES', 'BRAND_EFFECT', 'BRAND_SHARE', 'NEW_BRAND_EFFECT', 'PLAN_EFFECT', 'PLAN_SHARE',
-           'NOISE_CATEGORY_LEVELS', 'REGION_LEVELS', 'BURN_IN', 'feature_roles', 'age_effect', 'round_significant',
-           'stream_months', 'generate_dataset', 'write_stream']
+           'NOISE_CATEGORY_LEVELS', 'REGION_LEVELS', 'BURN_IN', 'CALIBRATION_USERS', 'feature_roles', 'age_effect',
+           'round_significant', 'stream_months', 'generate_dataset', 'write_stream', 'RawData', 'write_raw_data',
+           'raw_files_summary', 'read_head']
 
 # %% ../nbs/03_generate.ipynb #8e680d8a
 SIGNAL_ROLES = ("device_age", "arpu", "usage", "offer_engagement", "device_price")
@@ -110,12 +113,18 @@ class _World:
     new_brand: np.ndarray  # (users,) bool: from month `new_from` on, show the brand never seen before
     new_from: int          # first month (row) after the training months
 
-def _simulate(w: _World, b0: float) -> dict[str, np.ndarray]:
+    def users(self, n: int) -> _World:
+        "The same world for its first `n` users only."
+        return _World(self.static[:, :n], self.plan[:, :n], self.age0[:n], self.brand[:, :n], self.price_z[:, :n],
+                      self.shock[:, :n], self.new_brand[:n], self.new_from)
+
+
+def _simulate(w: _World, b0: float, n_months: int | None = None) -> dict[str, np.ndarray]:
     "Replay device changes with intercept `b0`: probability, change, age, brand and price per month and user."
-    n_months = len(w.shock)
+    n_months = len(w.shock) if n_months is None else n_months
     age, brand, price_z = w.age0.copy(), w.brand[-1].copy(), w.price_z[-1].copy()
-    out = {k: np.empty_like(w.shock) for k in ("probability", "age", "price_z")}
-    out["brand"], out["changed"] = np.empty_like(w.plan), np.empty(w.shock.shape, dtype=bool)
+    out = {k: np.empty_like(w.shock[:n_months]) for k in ("probability", "age", "price_z")}
+    out["brand"], out["changed"] = np.empty_like(w.plan[:n_months]), np.empty(out["age"].shape, dtype=bool)
     brand_effect = np.append(BRAND_EFFECT, NEW_BRAND_EFFECT)
     for t in range(n_months):
         if t >= w.new_from: brand = np.where(w.new_brand, len(BRAND_EFFECT), brand)
@@ -130,12 +139,18 @@ def _simulate(w: _World, b0: float) -> dict[str, np.ndarray]:
     return out
 
 
+CALIBRATION_USERS = 50_000
+"Users the intercept is calibrated on: its base rate is then known to about ±0.0005 (a bisection of 30 full replays of a million users took a minute)."
+
+
 def _calibrate(w: _World, rows: np.ndarray, base_rate: float) -> float:
     "Intercept whose mean true probability over the boolean (months, users) mask `rows` is `base_rate`."
+    last = int(np.flatnonzero(rows.any(axis=1))[-1]) + 1  # later months cannot change earlier ones
+    w, rows = w.users(CALIBRATION_USERS), rows[:last, :CALIBRATION_USERS]
     lo, hi = -12.0, 4.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        if _simulate(w, mid)["probability"][rows].mean() < base_rate: lo = mid
+        if _simulate(w, mid, last)["probability"][rows].mean() < base_rate: lo = mid
         else: hi = mid
     return (lo + hi) / 2
 
@@ -203,51 +218,54 @@ def generate_dataset(cfg: GenerateParams, seed: int) -> dict[str, pd.DataFrame]:
     train_rows = present.copy()
     train_rows[BURN_IN + n_train:] = False
     history = _simulate(world, _calibrate(world, train_rows, cfg.base_rate))
+    del world, train_rows  # a million users: every (months, users) array is 250 MB
 
-    # observed months only from here on
+    # observed months only from here on; each feature goes straight into the tables' columns
     seen = slice(BURN_IN, None)
     latent = dict(income=income, u=u, arpu_z=arpu_z[seen], engagement_z=engagement_z[seen], usage_z=usage_z[seen],
                   plan=plan[seen], age=history["age"][seen], brand=history["brand"][seen],
                   price_z=history["price_z"][seen])
-    values, categories = {}, {}
+    present = present[seen]
+    spans = {"": (0, n_train), "scoring_": (n_train, n_train + 1), "stream_": (n_train + 1, n_months)}
+    columns = {prefix: {} for prefix in spans}
     for r in roles.itertuples():
         if r.kind == "numeric":
-            values[r.feature] = _numeric(r.role, rng, latent, n_months, n, drift, r.drifts).astype(np.float64)
+            v = _numeric(r.role, rng, latent, n_months, n, drift, r.drifts).astype(np.float64)
         else:
-            values[r.feature] = _categorical(r.role, rng, latent, n_months, n, r.levels)
+            v = _categorical(r.role, rng, latent, n_months, n, r.levels)
             letter = chr(ord("a") + (int(r.feature.split("_")[1]) - (cfg.n_features - cfg.n_categorical)) % 26)
-            categories[r.feature] = [f"{letter}{k}" for k in range(r.levels)]
+            levels = [f"{letter}{k}" for k in range(r.levels)]
         if r.can_be_missing:
             blank = rng.random((n_months, n)) < cfg.missing_share
-            values[r.feature] = values[r.feature].copy()
-            values[r.feature][blank] = np.nan if r.kind == "numeric" else -1
+            v = v.copy()
+            v[blank] = np.nan if r.kind == "numeric" else -1
+        for prefix, (first, last) in spans.items():
+            cut = v[first:last][present[first:last]]  # month-major, users ascending
+            if r.kind == "categorical":
+                cut = pd.Categorical.from_codes(
+                    cut, categories=[*levels, f"a{len(BRAND_EFFECT)}"] if r.role == "brand" and last > n_train
+                    else levels)
+            columns[prefix][r.feature] = cut
+        del v
+    del latent
 
     user_id = 1_000_000 + np.cumsum(rng.integers(1, 30, n))
     month = pd.DatetimeIndex(pd.to_datetime(months)).as_unit("ns").to_numpy()
-    present = present[seen]
 
-    def table(first: int, last: int, what: str) -> pd.DataFrame:
-        rows = np.zeros_like(present)
-        rows[first:last] = present[first:last]
-        t, i = np.nonzero(rows)  # month-major, users ascending: sorted by (month, user_id)
-        df = pd.DataFrame({"user_id": user_id[i].astype(np.int64), "month": month[t]})
-        if what == "target": df["target"] = history["changed"][seen][rows].astype(np.int64)
-        elif what == "oracle": df["probability"] = round_significant(history["probability"][seen][rows])
-        else:
-            for name, v in values.items():
-                if name not in categories: df[name] = v[rows]
-                else:
-                    levels = categories[name]
-                    if roles.set_index("feature").role[name] == "brand" and last > n_train:
-                        levels = [*levels, f"a{len(BRAND_EFFECT)}"]
-                    df[name] = pd.Categorical.from_codes(v[rows], categories=levels)
-        return df
+    def table(first: int, last: int, cols: dict) -> pd.DataFrame:
+        t, i = np.nonzero(present[first:last])  # sorted by (month, user_id)
+        return pd.DataFrame({"user_id": user_id[i].astype(np.int64), "month": month[first + t], **cols}, copy=False)
 
-    return {"target": table(0, n_train, "target"), "features": table(0, n_train, "features"),
-            "scoring_features": table(n_train, n_train + 1, "features"),
-            "scoring_target": table(n_train, n_train + 1, "target"), "oracle": table(0, n_months, "oracle"),
-            "stream_features": table(n_train + 1, n_months, "features"),
-            "stream_target": table(n_train + 1, n_months, "target")}
+    def observed(what: str, first: int, last: int) -> np.ndarray:
+        return history[what][seen][first:last][present[first:last]]
+
+    out = {}
+    for prefix, (first, last) in spans.items():
+        out[f"{prefix}features"] = table(first, last, columns.pop(prefix))
+        out[f"{prefix}target"] = table(first, last, {"target": observed("changed", first, last).astype(np.int64)})
+    out["oracle"] = table(0, n_months, {"probability": round_significant(observed("probability", 0, n_months))})
+    return {k: out[k] for k in ("target", "features", "scoring_features", "scoring_target", "oracle",
+                                "stream_features", "stream_target")}
 
 # %% ../nbs/03_generate.ipynb #e96eac1b
 def write_stream(features: pd.DataFrame, target: pd.DataFrame, folder) -> list[str]:
@@ -266,3 +284,54 @@ def write_stream(features: pd.DataFrame, target: pd.DataFrame, folder) -> list[s
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return months
+
+# %% ../nbs/03_generate.ipynb #ac4a3680
+@dataclass
+class RawData:
+    "What `write_raw_data` wrote: where the data came from, the oracle's rows and the stream's months."
+    source: str
+    oracle_rows: int
+    stream: list[str]
+
+
+def _empty(**dtypes: str) -> pd.DataFrame:
+    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
+
+
+def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths: Paths) -> RawData:
+    "The four raw files, the oracle and the production stream, generated or (`data.source: directory`) copied."
+    raw_files = {role: paths.raw_file(role) for role in RAW_FILES}
+    if data.source == "generate":
+        tables = generate_dataset(generate, seed)
+        for role, path in raw_files.items(): write_table(tables.pop(role), path)
+        oracle, source = tables.pop("oracle"), "generate"
+        stream = write_stream(tables.pop("stream_features"), tables.pop("stream_target"), paths.stream)
+    else:
+        folder = (paths.root / data.dir).resolve()
+        for role, path in raw_files.items():
+            with atomic_path(path) as tmp: shutil.copyfile(require(folder / RAW_FILES[role]), tmp)
+        oracle, source = _empty(user_id="int64", month="datetime64[ns]", probability="float64"), f"directory {data.dir}"
+        empty = _empty(user_id="int64", month="datetime64[ns]")
+        stream = write_stream(empty, empty, paths.stream)
+    write_output(paths, "oracle", oracle)
+    return RawData(source, len(oracle), stream)
+
+
+def raw_files_summary(paths: Paths) -> pd.DataFrame:
+    "One row per raw file: rows, columns, months and megabytes."
+    rows = []
+    for role in RAW_FILES:
+        path = paths.raw_file(role)
+        table = feather.read_table(path, columns=["month"])
+        months = sorted(table.column("month").unique().to_pandas().dt.strftime("%Y-%m-%d"))
+        with pa.memory_map(str(path)) as source: n_columns = len(pa.ipc.open_file(source).schema)
+        rows.append({"file": str(path.relative_to(paths.root)), "rows": table.num_rows, "columns": n_columns,
+                     "months": ", ".join(months), "MB": round(path.stat().st_size / 1e6, 2)})
+    return pd.DataFrame(rows)
+
+
+def read_head(path: str | Path, n: int = 5) -> pd.DataFrame:
+    "The first `n` rows of a feather file, read from its first record batch only."
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return (reader.get_batch(0).slice(0, n) if reader.num_record_batches else reader.schema.empty_table()).to_pandas()
