@@ -44,25 +44,39 @@ def _float32_is_safe(values: pd.Series) -> bool:
     return not (x.max() >= 2**24 and np.all(x == np.round(x)))
 
 
-def fit_feature_spec(train_features: pd.DataFrame, float32: bool = True) -> FeatureSpec:
-    "Learn column kinds, numeric dtypes and categorical levels from the training features."
+def _levels(values: pd.Series) -> list[str]:
+    "The distinct non-missing values as sorted text."
+    if isinstance(values.dtype, pd.CategoricalDtype):  # on the codes: no text per row
+        codes = values.cat.codes.to_numpy()
+        return sorted(set(values.cat.categories[np.unique(codes[codes >= 0])].astype(str)))
+    return sorted(values.dropna().astype(str).unique().tolist())
+
+
+def fit_feature_spec(train_features: pd.DataFrame, float32: bool = True, rows: np.ndarray | None = None) -> FeatureSpec:
+    "Learn column kinds, numeric dtypes and categorical levels from the training features (only `rows`, a mask, if given)."
     kinds = feature_kinds(train_features)
-    numeric = {c: ("float32" if float32 and _float32_is_safe(train_features[c]) else "float64")
+    col = (lambda c: train_features[c]) if rows is None else (lambda c: train_features[c][rows])  # a column, not the table
+    numeric = {c: ("float32" if float32 and _float32_is_safe(col(c)) else "float64")
                for c, k in kinds.items() if k == "numeric"}
-    categorical = {c: sorted(train_features[c].dropna().astype(str).unique().tolist())
-                   for c, k in kinds.items() if k == "categorical"}
+    categorical = {c: _levels(col(c)) for c, k in kinds.items() if k == "categorical"}
     return FeatureSpec(numeric=numeric, categorical=categorical)
 
 # %% ../nbs/05_features.ipynb #0b81e8a4
+def _with_levels(values: pd.Series, levels: list[str]) -> pd.Categorical:
+    "`values` as a categorical over `levels`, compared as text; any other value becomes missing."
+    if isinstance(values.dtype, pd.CategoricalDtype):  # map the few categories, then the codes: no text per row
+        to_level = np.append(pd.Index(levels).get_indexer(values.cat.categories.astype(str)), -1)
+        return pd.Categorical.from_codes(to_level[values.cat.codes.to_numpy()], categories=levels)
+    as_text = values.astype("string")
+    return pd.Categorical(as_text.where(as_text.isin(levels)), categories=levels)
+
+
 def apply_feature_spec(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "Keys plus the spec's feature columns, typed as in training; unseen levels become missing."
-    out = features[KEYS].copy()
-    for c, dtype in spec.numeric.items():
-        out[c] = features[c].astype(dtype)
-    for c, levels in spec.categorical.items():
-        as_text = features[c].astype("string")
-        out[c] = pd.Categorical(as_text.where(as_text.isin(levels)), categories=levels)
-    return out.reset_index(drop=True)
+    columns = {c: features[c].to_numpy() for c in KEYS}
+    columns.update({c: features[c].to_numpy(dtype=dtype) for c, dtype in spec.numeric.items()})
+    columns.update({c: _with_levels(features[c], levels) for c, levels in spec.categorical.items()})
+    return pd.DataFrame(columns, copy=False)
 
 
 def training_table(target: pd.DataFrame, features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -80,5 +94,5 @@ def scoring_table(scoring_features: pd.DataFrame, spec: FeatureSpec) -> pd.DataF
 def featurize(raw: dict[str, pd.DataFrame], float32: bool = True) -> tuple[FeatureSpec, pd.DataFrame, pd.DataFrame]:
     "The spec fitted on the training months' features, the training table and the scoring table (`raw`: `contract.read_raw`)."
     features, target = raw["features"], raw["target"]
-    spec = fit_feature_spec(features[features["month"].isin(target["month"].unique())], float32=float32)
+    spec = fit_feature_spec(features, float32, rows=features["month"].isin(target["month"].unique()).to_numpy())
     return spec, training_table(target, features, spec), scoring_table(raw["scoring_features"], spec)
