@@ -28,11 +28,12 @@ from mlflow.exceptions import MlflowException
 from .config import ORACLE, RAW_FILES, ModelParams, paths, read_params_yaml
 from .features import FeatureSpec
 from .io import file_lock, to_jsonable
+from .names import (AGGREGATES, CHALLENGER, CHAMPION, FOLD_METRICS, MONITOR_STAGE,
+                             PRODUCTION_SUFFIX, PROMOTION_METRIC)
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER', 'PROMOTION_METRIC',
-           'SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'MONITOR_STAGE', 'PRODUCTION_SUFFIX',
+           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT',
            'TrackingError', 'tracking_uri', 'experiment_name', 'artifact_location', 'redact', 'probe', 'configure',
            'git_state', 'raw_data_hash', 'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation',
            'run_tree', 'model_aliases', 'log_training', 'RegisteredVersion', 'alias_version', 'load_version',
@@ -291,8 +292,6 @@ def _active_parent() -> mlflow.ActiveRun:
 
 # %% ../nbs/11_tracking.ipynb #89e9b895
 CV_STAGE, TRAIN_STAGE = "cross_validate", "train"
-FOLD_METRICS = ("precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc", "k", "n", "positives",
-                "n_train", "base_rate")
 
 
 def _children(client: MlflowClient, parent: mlflow.ActiveRun, stage: str, kind: str | None = None) -> list:
@@ -335,7 +334,6 @@ def _log_candidate(client: MlflowClient, parent: mlflow.ActiveRun, name: str, fo
     base = {STAGE: CV_STAGE, KEY: parent.data.tags[KEY], "devchange.candidate": name}
     run_id = _child_run(client, exp_id, parent.info.run_id, name, {**base, **tags})
     params = {} if cfg is None else {"kind": cfg.kind, **_flatten(cfg.params)}
-    from devchange.cross_validation import AGGREGATES  # here: the module imports LightGBM and scikit-learn
     metrics = {f"{r['metric']}_{a}": r[a] for r in aggregates.to_dict("records") for a in AGGREGATES}
     _log_batch(client, run_id, metrics=metrics, params=params)
     for row in folds.to_dict("records"): _log_fold(client, exp_id, run_id, base, row, plan.get(row["fold"], {}))
@@ -382,8 +380,6 @@ def run_tree(parent_run_id: str, client: MlflowClient | None = None,
     return pd.DataFrame(rows)
 
 # %% ../nbs/11_tracking.ipynb #0971d800
-CHAMPION, CHALLENGER = "champion", "challenger"
-PROMOTION_METRIC = "lift_at_k"
 SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
 "Types beyond skops' defaults in the logistic pipeline (OneHotEncoder keeps its output dtype)."
 
@@ -523,10 +519,6 @@ def apply_promotion(client: MlflowClient, model_name: str, decision: dict) -> No
     if decision["promoted"]: client.set_registered_model_alias(model_name, CHAMPION, v)
 
 # %% ../nbs/11_tracking.ipynb #2599f309
-MONITOR_STAGE = "monitor"
-PRODUCTION_SUFFIX = "-production"
-
-
 def _monitoring_metrics(doc: dict) -> dict[str, float]:
     d, p = doc["drift"], doc.get("performance") or {}
     out = {"max_feature_psi": d["max_feature_psi"], "score_psi": d["score_psi"], "n": d["n"],
