@@ -279,6 +279,7 @@ d = { 'settings': { 'branch': 'main',
                                     'devchange.tracking.raw_data_hash': ('tracking.html#raw_data_hash', 'devchange/tracking.py'),
                                     'devchange.tracking.redact': ('tracking.html#redact', 'devchange/tracking.py'),
                                     'devchange.tracking.run_tree': ('tracking.html#run_tree', 'devchange/tracking.py'),
+                                    'devchange.tracking.sqlite_file': ('tracking.html#sqlite_file', 'devchange/tracking.py'),
                                     'devchange.tracking.tracking_uri': ('tracking.html#tracking_uri', 'devchange/tracking.py')},
             'devchange.training': { 'devchange.training.TrainedModel': ('training.html#trainedmodel', 'devchange/training.py'),
                                     'devchange.training.train_final': ('training.html#train_final', 'devchange/training.py')}}}

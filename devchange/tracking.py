@@ -34,10 +34,10 @@ from .names import (AGGREGATES, CHALLENGER, CHAMPION, FOLD_METRICS, MONITOR_STAG
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
            'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT',
-           'TrackingError', 'tracking_uri', 'experiment_name', 'artifact_location', 'redact', 'probe', 'configure',
-           'git_state', 'raw_data_hash', 'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation',
-           'run_tree', 'model_aliases', 'log_training', 'RegisteredVersion', 'alias_version', 'load_version',
-           'apply_promotion', 'log_monitoring', 'log_production_run', 'log_stage_report']
+           'TrackingError', 'tracking_uri', 'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe',
+           'configure', 'git_state', 'raw_data_hash', 'PipelineContext', 'pipeline_context', 'pipeline_run',
+           'log_cross_validation', 'run_tree', 'model_aliases', 'log_training', 'RegisteredVersion', 'alias_version',
+           'load_version', 'apply_promotion', 'log_monitoring', 'log_production_run', 'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #3634fbb7
 class TrackingError(RuntimeError):
@@ -61,12 +61,17 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+def sqlite_file(uri: str) -> Path | None:
+    "The database file of a `sqlite:///` tracking URI, absolute; None for any other store."
+    if urlsplit(uri).scheme != "sqlite": return None
+    return Path(uri.split(":///", 1)[1]).resolve()
+
+
 def artifact_location(uri: str, root: str | Path) -> str | None:
     "Where a new experiment keeps its artifacts: beside a SQLite file; the server's choice for a server."
-    scheme = urlsplit(uri).scheme
-    if scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
-    if scheme == "sqlite":  # beside the database, whoever's working directory we run in
-        return (Path(uri.split(":///", 1)[1]).resolve().parent / "mlartifacts").as_uri()
+    if urlsplit(uri).scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
+    db = sqlite_file(uri)
+    if db is not None: return (db.parent / "mlartifacts").as_uri()  # beside the database, from any working directory
     return (Path(root).resolve() / "mlartifacts").as_uri()  # another database: MLflow would pick ./mlruns
 
 
@@ -127,10 +132,10 @@ def _ensure_experiment(client: MlflowClient, name: str, location: str | None) ->
 @contextlib.contextmanager
 def _store_lock(uri: str):
     "For a SQLite store: one process at a time creates or migrates it (lock file `<db>.lock`); no lock for a server."
-    if urlsplit(uri).scheme != "sqlite":
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.split(":///", 1)[1]).resolve()
     with file_lock(db.with_name(db.name + ".lock")):
         yield
 
