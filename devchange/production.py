@@ -248,6 +248,12 @@ def _print_monitoring(doc: dict) -> None:
     for r in doc["verdict"]["reasons"]: print(f"  - {r}")
 
 
+def _champion_line(decision: dict) -> str:
+    "Who is champion once `decision` is applied, as `devchange promote` says it last."
+    v = decision["challenger_version"] if decision["promoted"] else decision["champion_version"]
+    return "champion: none yet" if v is None else f"champion: v{v}"
+
+
 def main(argv: list[str] | None = None) -> int:
     "`devchange score-month | evaluate-month | promote`."
     parser = argparse.ArgumentParser(prog="devchange", description="Monthly production with the registry's champion.")
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             d = promote(params)
             print(d["reason"])
-            print(f"champion: v{d['challenger_version'] if d['promoted'] else d['champion_version']}")
+            print(_champion_line(d))
     except (ProductionError, ParamsError, TrackingError, FileNotFoundError, DataContractError) as err:
         print(f"devchange {args.command}: {err}", file=sys.stderr)
         return 1
