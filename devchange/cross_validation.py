@@ -14,15 +14,13 @@ from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature
 from .folds import Fold, describe_plan, fold_plan, split
 from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
+from .names import AGGREGATES
 
 # %% auto #0
-__all__ = ['AGGREGATES', 'CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'select_candidate', 'aggregates_as_dict',
+__all__ = ['CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'select_candidate', 'aggregates_as_dict',
            'folds_as_dict', 'Comparison', 'compare_candidates']
 
 # %% ../nbs/08_cross_validation.ipynb #179951a3
-AGGREGATES = ("mean", "std", "min", "max")
-
-
 @dataclass
 class CVResult:
     "Per-fold metrics (one row per candidate and fold) and out-of-fold predictions."

@@ -18,6 +18,7 @@ from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec
 from .metrics import top_k_count, top_k_metrics
 from .models import predict_proba
 from .monitoring import monitor_month
+from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
 
 # %% auto #0
 __all__ = ['EXIT_RETRAIN', 'rank_scores', 'score_summary', 'ProductionError', 'read_month', 'check_features', 'month_dir',
@@ -97,10 +98,11 @@ def _monitoring(params: Params, profile: dict, spec: FeatureSpec, features, pred
 
 def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
     "Score a month's features with the champion; write scores and the drift part of monitoring. Returns monitoring.json."
-    from devchange import tracking  # MLflow loads only for the commands that need it
+    from mlflow import MlflowClient  # MLflow loads only for the commands that need it
+    from devchange import registry, tracking
     features, month = read_month(features_path)
     tracking.configure(params.tracking.timeout_s)
-    champion = tracking.load_version(tracking.MlflowClient(), params.tracking.model_name, alias=tracking.CHAMPION)
+    champion = registry.load_version(MlflowClient(), params.tracking.model_name, alias=CHAMPION)
     check_features(features, champion.spec, features_path)
     if champion.profile is None:
         raise ProductionError(f"{params.tracking.model_name} version {champion.version} has no monitoring profile "
@@ -122,7 +124,8 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
 
 def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
     "A scored month's targets arrived: add performance and the verdict to its monitoring.json."
-    from devchange import tracking
+    from mlflow import MlflowClient
+    from devchange import registry, tracking
     targets, month = read_month(targets_path, (TARGET,))
     out = month_dir(month, root)
     if not (out / "scores.parquet").is_file():
@@ -132,7 +135,7 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
     if bad.any(): raise ProductionError(f"{targets_path}: column 'target': {int(bad.sum())} rows outside {{0, 1}}")
     scored = io.read_json(out / "monitoring.json")["model"]
     tracking.configure(params.tracking.timeout_s)
-    version = tracking.load_version(tracking.MlflowClient(), scored["name"], version=scored["version"])
+    version = registry.load_version(MlflowClient(), scored["name"], version=scored["version"])
     features, predictions = pd.read_parquet(out / "features.parquet"), pd.read_parquet(out / "scores.parquet")
     doc = {"model": scored, "scores": score_summary(predictions, params.metrics.k_share),
            **_monitoring(params, version.profile, version.spec, features, predictions, targets)}
@@ -166,7 +169,7 @@ def promotion_decision(model_name: str, challenger: dict, champion: dict | None,
     decision = "promoted" if promoted else "kept"
     num = lambda x: None if x is None or not math.isfinite(x) else float(x)
     return {"model_name": model_name, "decision": decision, "promoted": promoted, "reason": f"{decision}: {why}",
-            "metric": "lift_at_k", "evaluation_month": month, "challenger_version": c["version"],
+            "metric": PROMOTION_METRIC, "evaluation_month": month, "challenger_version": c["version"],
             "challenger_lift": num(c.get("lift")), "challenger_cv_min": num(c["cv_min"]),
             "champion_version": None if p is None else p["version"], "champion_lift": None if p is None else num(p["lift"]),
             "margin": float(margin), "floor": float(floor)}
@@ -188,19 +191,20 @@ def labelled_months(root: str | Path | None = None) -> dict[str, tuple[Path, Pat
 
 def _lift_on(version, features: pd.DataFrame, targets: pd.DataFrame, k_share: float) -> float:
     scored = score_with(version.model, version.spec, features, k_share).merge(targets[["user_id", TARGET]], on="user_id")
-    return top_k_metrics(scored[TARGET], scored["probability"], k_share)["lift_at_k"]
+    return top_k_metrics(scored[TARGET], scored["probability"], k_share)[PROMOTION_METRIC]
 
 
 def promote(params: Params, root: str | Path | None = None) -> dict:
     "Compare challenger and champion on the newest labelled month neither was trained on; record; move `champion` if won."
-    from devchange import tracking
+    from mlflow import MlflowClient
+    from devchange import registry, tracking
     tracking.configure(params.tracking.timeout_s)
-    client, name = tracking.MlflowClient(), params.tracking.model_name
-    aliases = tracking.model_aliases(client, name)
-    if tracking.CHALLENGER not in aliases:
+    client, name = MlflowClient(), params.tracking.model_name
+    aliases = registry.model_aliases(client, name)
+    if CHALLENGER not in aliases:
         raise ProductionError(f"registered model {name!r} has no challenger: `dvc repro` trains and registers one")
-    c = tracking.load_version(client, name, version=aliases[tracking.CHALLENGER])
-    p = tracking.load_version(client, name, version=aliases[tracking.CHAMPION]) if tracking.CHAMPION in aliases else None
+    c = registry.load_version(client, name, version=aliases[CHALLENGER])
+    p = registry.load_version(client, name, version=aliases[CHAMPION]) if CHAMPION in aliases else None
     if c.last_train_month is None:
         raise ProductionError(f"{name} version {c.version} has no devchange.last_train_month tag: retrain it")
     trained_until = max(m for m in (c.last_train_month, p and p.last_train_month) if m)
@@ -216,7 +220,7 @@ def promote(params: Params, root: str | Path | None = None) -> dict:
             if v is not None and v.version not in lifts:
                 check_features(features, v.spec, months[month][0])
                 lifts[v.version] = _lift_on(v, features, targets, params.metrics.k_share)
-    cv_min = lambda v: float(v.tags.get("cv_lift_at_k_min", "nan"))
+    cv_min = lambda v: float(v.tags.get(f"cv_{PROMOTION_METRIC}_min", "nan"))  # as registry.log_training tags it
     decision = promotion_decision(
         name, {"version": c.version, "lift": lifts.get(c.version, float("nan")), "cv_min": cv_min(c)},
         None if p is None else {"version": p.version, "lift": lifts.get(p.version, float("nan")), "cv_min": cv_min(p)},
@@ -225,7 +229,7 @@ def promote(params: Params, root: str | Path | None = None) -> dict:
                                 metrics={k: decision[k] for k in ("challenger_lift", "champion_lift", "challenger_cv_min")
                                          if decision[k] is not None},
                                 tags={"devchange.decision": decision["decision"], "devchange.reason": decision["reason"]})
-    tracking.apply_promotion(client, name, decision)
+    registry.apply_promotion(client, name, decision)
     return decision
 
 # %% ../nbs/13_production.ipynb #303db032
@@ -242,6 +246,12 @@ def _print_monitoring(doc: dict) -> None:
                 f"precision@k {p['precision_at_k']:.3f}, recall@k {p['recall_at_k']:.3f}")
     print(f"verdict: {doc['verdict']['status']} ({doc['verdict']['scope']})")
     for r in doc["verdict"]["reasons"]: print(f"  - {r}")
+
+
+def _champion_line(decision: dict) -> str:
+    "Who is champion once `decision` is applied, as `devchange promote` says it last."
+    v = decision["challenger_version"] if decision["promoted"] else decision["champion_version"]
+    return "champion: none yet" if v is None else f"champion: v{v}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             d = promote(params)
             print(d["reason"])
-            print(f"champion: v{d['challenger_version'] if d['promoted'] else d['champion_version']}")
+            print(_champion_line(d))
     except (ProductionError, ParamsError, TrackingError, FileNotFoundError, DataContractError) as err:
         print(f"devchange {args.command}: {err}", file=sys.stderr)
         return 1

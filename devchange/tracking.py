@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import hashlib
 import json
 import math
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +24,15 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from .config import ORACLE, RAW_FILES, ModelParams, paths, read_params_yaml
-from .features import FeatureSpec
 from .io import file_lock, to_jsonable
+from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, PRODUCTION_SUFFIX
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER', 'PROMOTION_METRIC',
-           'SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'MONITOR_STAGE', 'PRODUCTION_SUFFIX',
-           'TrackingError', 'tracking_uri', 'experiment_name', 'artifact_location', 'redact', 'probe', 'configure',
-           'git_state', 'raw_data_hash', 'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation',
-           'run_tree', 'model_aliases', 'log_training', 'RegisteredVersion', 'alias_version', 'load_version',
-           'apply_promotion', 'log_monitoring', 'log_production_run', 'log_stage_report']
+           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'tracking_uri', 'experiment_name',
+           'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state', 'raw_data_hash', 'flatten',
+           'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation', 'run_tree', 'training_run',
+           'log_monitoring', 'log_production_run', 'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #3634fbb7
 class TrackingError(RuntimeError):
@@ -60,12 +56,17 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
+def sqlite_file(uri: str) -> Path | None:
+    "The database file of a `sqlite:///` tracking URI, absolute; None for any other store."
+    if urlsplit(uri).scheme != "sqlite": return None
+    return Path(uri.split(":///", 1)[1]).resolve()
+
+
 def artifact_location(uri: str, root: str | Path) -> str | None:
     "Where a new experiment keeps its artifacts: beside a SQLite file; the server's choice for a server."
-    scheme = urlsplit(uri).scheme
-    if scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
-    if scheme == "sqlite":  # beside the database, whoever's working directory we run in
-        return (Path(uri.split(":///", 1)[1]).resolve().parent / "mlartifacts").as_uri()
+    if urlsplit(uri).scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
+    db = sqlite_file(uri)
+    if db is not None: return (db.parent / "mlartifacts").as_uri()  # beside the database, from any working directory
     return (Path(root).resolve() / "mlartifacts").as_uri()  # another database: MLflow would pick ./mlruns
 
 
@@ -126,10 +127,10 @@ def _ensure_experiment(client: MlflowClient, name: str, location: str | None) ->
 @contextlib.contextmanager
 def _store_lock(uri: str):
     "For a SQLite store: one process at a time creates or migrates it (lock file `<db>.lock`); no lock for a server."
-    if urlsplit(uri).scheme != "sqlite":
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.split(":///", 1)[1]).resolve()
     with file_lock(db.with_name(db.name + ".lock")):
         yield
 
@@ -206,10 +207,11 @@ def raw_data_hash(root: str | Path) -> str:
     return h.hexdigest() if found else "none"
 
 
-def _flatten(d: dict, sep: str = ".", prefix: str = "") -> dict:
+def flatten(d: dict, sep: str = ".", prefix: str = "") -> dict:
+    "Nested dicts as one dict with joined keys: {'a': {'b': 1}} -> {'a.b': 1}."
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict): out.update(_flatten(v, sep, f"{prefix}{k}{sep}"))
+        if isinstance(v, dict): out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
         else: out[f"{prefix}{k}"] = v
     return out
 
@@ -241,7 +243,7 @@ def pipeline_context(root: str | Path | None = None) -> PipelineContext:
     if commit != "unknown": tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
     if parts["dvc_exp_name"]: tags["dvc.exp_name"] = parts["dvc_exp_name"]
     if parts["run_id"]: tags["devchange.run_id"] = parts["run_id"]
-    return PipelineContext(key, tags, _flatten(params))
+    return PipelineContext(key, tags, flatten(params))
 
 # %% ../nbs/11_tracking.ipynb #04e26e50
 def _param_value(v: Any) -> str:
@@ -291,8 +293,6 @@ def _active_parent() -> mlflow.ActiveRun:
 
 # %% ../nbs/11_tracking.ipynb #89e9b895
 CV_STAGE, TRAIN_STAGE = "cross_validate", "train"
-FOLD_METRICS = ("precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc", "k", "n", "positives",
-                "n_train", "base_rate")
 
 
 def _children(client: MlflowClient, parent: mlflow.ActiveRun, stage: str, kind: str | None = None) -> list:
@@ -334,8 +334,7 @@ def _log_candidate(client: MlflowClient, parent: mlflow.ActiveRun, name: str, fo
     # every run of the tree carries the pipeline key: one query finds them all
     base = {STAGE: CV_STAGE, KEY: parent.data.tags[KEY], "devchange.candidate": name}
     run_id = _child_run(client, exp_id, parent.info.run_id, name, {**base, **tags})
-    params = {} if cfg is None else {"kind": cfg.kind, **_flatten(cfg.params)}
-    from devchange.cross_validation import AGGREGATES  # here: the module imports LightGBM and scikit-learn
+    params = {} if cfg is None else {"kind": cfg.kind, **flatten(cfg.params)}
     metrics = {f"{r['metric']}_{a}": r[a] for r in aggregates.to_dict("records") for a in AGGREGATES}
     _log_batch(client, run_id, metrics=metrics, params=params)
     for row in folds.to_dict("records"): _log_fold(client, exp_id, run_id, base, row, plan.get(row["fold"], {}))
@@ -382,151 +381,18 @@ def run_tree(parent_run_id: str, client: MlflowClient | None = None,
     return pd.DataFrame(rows)
 
 # %% ../nbs/11_tracking.ipynb #0971d800
-CHAMPION, CHALLENGER = "champion", "challenger"
-PROMOTION_METRIC = "lift_at_k"
-SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
-"Types beyond skops' defaults in the logistic pipeline (OneHotEncoder keeps its output dtype)."
-
-
-def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
-    "{alias: version} of a registered model; {} if it does not exist. (Versions come as int from SQL, str over REST.)"
-    try:
-        return {a: int(v) for a, v in client.get_registered_model(model_name).aliases.items()}
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST": return {}
-        raise
-
-
-def _estimator_params(model) -> dict:
-    from sklearn.pipeline import Pipeline  # scikit-learn and LightGBM are imported where a model is logged
-    if isinstance(model, Pipeline):  # the preprocessing is fixed by the feature spec; the estimator is the knob
-        step, est = model.steps[-1]
-        return {f"{step}.{k}": v for k, v in est.get_params(deep=False).items()}
-    return model.get_params(deep=False)
-
-
-def _cv_metrics(cv_summary: dict) -> dict[str, float]:
-    "{metric: {aggregate: value}} (or already flat) -> {cv_<metric>_<aggregate>: value}, numbers only."
-    flat = _flatten(cv_summary, sep="_")
-    return {f"cv_{k}": float(v) for k, v in flat.items()
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
-
-
-def _log_model(model, X: pd.DataFrame):
-    import lightgbm as lgb
-    from mlflow.models import infer_signature
-    from sklearn.base import BaseEstimator
-    signature = infer_signature(X, model.predict_proba(X))
-    common = dict(name="model", signature=signature, input_example=X.head(5))
-    if isinstance(model, lgb.LGBMModel):  # serving validation would fail: JSON turns categoricals into strings
-        return mlflow.lightgbm.log_model(model, pip_requirements=mlflow.lightgbm.get_default_pip_requirements(
-            include_skops=True), validate_serving_input=False, **common)
-    if isinstance(model, BaseEstimator):
-        return mlflow.sklearn.log_model(model, pip_requirements=mlflow.sklearn.get_default_pip_requirements(
-            include_skops=True), skops_trusted_types=SKOPS_TRUSTED_SKLEARN, pyfunc_predict_fn="predict_proba", **common)
-    raise TypeError(f"log_training: no MLflow flavour for {type(model).__name__}")
-
-
-SPEC_ARTIFACT, PROFILE_ARTIFACT = "feature_spec.json", "reference_profile.json"
-
-
-def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd.DataFrame, cv_summary: dict,
-                 model_name: str, profile: dict | None = None, version_tags: dict | None = None) -> dict:
-    """Log the trained model under the active pipeline run, register it as a new version with alias `challenger`.
-
-    The feature spec and the monitoring reference `profile` are logged beside the model, so whoever loads a
-    version later (production scoring, promotion) types and monitors its inputs as training did;
-    `version_tags` (provenance: training months, data hash, fold plan, k) go onto the version."""
+@contextlib.contextmanager
+def training_run(params: dict, metrics: dict) -> Iterator[tuple[mlflow.ActiveRun, mlflow.ActiveRun]]:
+    "A new `train` child run of the active pipeline run with `params` and `metrics`, active for the block: (parent, run)."
     parent = _active_parent()
     client = MlflowClient()
     _supersede(client, parent, TRAIN_STAGE)
-    cv = _cv_metrics(cv_summary)
-    spec_columns = spec.columns
-    X = example[list(spec_columns)]
     with mlflow.start_run(run_name=TRAIN_STAGE, nested=True,
                           tags={STAGE: TRAIN_STAGE, KIND: "training", KEY: parent.data.tags[KEY]}) as run:
-        _log_batch(client, run.info.run_id, params={"estimator": type(model).__name__,
-                                                    "n_features": len(spec_columns), **_estimator_params(model)},
-                   metrics={**cv, **{f"importance_{r['feature']}": r["importance"] for r in importance.to_dict("records")}})
-        mlflow.log_text(importance.to_csv(index=False), "importance.csv")
-        mlflow.log_dict(spec.to_dict(), SPEC_ARTIFACT)
-        if profile is not None: mlflow.log_dict(to_jsonable(profile), PROFILE_ARTIFACT)
-        info = _log_model(model, X)
-        # registered only now that the model's files are stored; the numbers travel with the version
-        # only the promotion metric's fold aggregates: the full summary is in the training run's metrics
-        tags = {**{k: repr(v) for k, v in cv.items() if k.startswith(f"cv_{PROMOTION_METRIC}_") and math.isfinite(v)},
-                "devchange.training_run": run.info.run_id, **{k: str(v) for k, v in (version_tags or {}).items()},
-                KEY: parent.data.tags[KEY], "git.commit": parent.data.tags.get("git.commit", "unknown")}
-        with contextlib.redirect_stderr(io.StringIO()):  # register_model prints progress chatter to stderr
-            version = int(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
-        client.set_registered_model_alias(model_name, CHALLENGER, str(version))
-        mlflow.set_tag("devchange.registered_version", f"{model_name}/{version}")
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version}
-
-# %% ../nbs/11_tracking.ipynb #a6f488f7
-@dataclass
-class RegisteredVersion:
-    "One version of the registered model, with what scoring and monitoring it need."
-    name: str
-    version: int
-    model: Any
-    spec: FeatureSpec
-    profile: dict | None
-    tags: dict
-
-    @property
-    def last_train_month(self) -> str | None: return self.tags.get("devchange.last_train_month")
-
-
-def alias_version(client: MlflowClient, model_name: str, alias: str) -> int | None:
-    "The version number behind `alias`, or None."
-    return model_aliases(client, model_name).get(alias)
-
-
-def _run_json(client: MlflowClient, run_id: str, path: str) -> dict | None:
-    if path not in {f.path for f in client.list_artifacts(run_id)}: return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
-
-
-def load_version(client: MlflowClient, model_name: str, version: int | None = None,
-                 alias: str | None = None) -> RegisteredVersion:
-    "Load version `version` (or the one behind `alias`) with its feature spec, profile and tags."
-    if version is None:
-        version = alias_version(client, model_name, alias)
-        if version is None:
-            raise TrackingError(f"registered model {model_name!r} has no {alias!r} alias yet"
-                                + (" (nothing promoted: run `make promote`)" if alias == CHAMPION else ""))
-    mv = client.get_model_version(model_name, str(version))
-    model_uri = f"models:/{model_name}/{version}"
-    flavors = mlflow.models.get_model_info(model_uri).flavors
-    if "lightgbm" in flavors: model = mlflow.lightgbm.load_model(model_uri)
-    elif "sklearn" in flavors: model = mlflow.sklearn.load_model(model_uri)
-    else: raise TrackingError(f"{model_uri}: no lightgbm or sklearn flavour (flavours: {', '.join(flavors)})")
-    spec = _run_json(client, mv.run_id, SPEC_ARTIFACT)
-    if spec is None: raise TrackingError(f"{model_uri}: its training run {mv.run_id} has no {SPEC_ARTIFACT}")
-    return RegisteredVersion(model_name, int(version), model, FeatureSpec.from_dict(spec),
-                             _run_json(client, mv.run_id, PROFILE_ARTIFACT), dict(mv.tags))
-
-
-def apply_promotion(client: MlflowClient, model_name: str, decision: dict) -> None:
-    "Record the decision on the challenger version; move alias `champion` to it, last, only when promoted."
-    if decision["model_name"] != model_name:
-        raise ValueError(f"decision is about {decision['model_name']!r}, not {model_name!r}")
-    v = str(decision["challenger_version"])
-    tags = {"promotion.decision": decision["decision"], "promotion.reason": decision["reason"],
-            "promotion.champion_before": decision["champion_version"] or "none",
-            "promotion.evaluation_month": decision.get("evaluation_month") or "none",
-            "promotion.margin": decision["margin"], "promotion.floor": decision["floor"]}
-    for k, val in tags.items(): client.set_model_version_tag(model_name, v, k, str(val))
-    client.update_model_version(model_name, v, description=decision["reason"])
-    if decision["promoted"]: client.set_registered_model_alias(model_name, CHAMPION, v)
+        _log_batch(client, run.info.run_id, params=params, metrics=metrics)
+        yield parent, run
 
 # %% ../nbs/11_tracking.ipynb #2599f309
-MONITOR_STAGE = "monitor"
-PRODUCTION_SUFFIX = "-production"
-
-
 def _monitoring_metrics(doc: dict) -> dict[str, float]:
     d, p = doc["drift"], doc.get("performance") or {}
     out = {"max_feature_psi": d["max_feature_psi"], "score_psi": d["score_psi"], "n": d["n"],

@@ -1,4 +1,4 @@
-"""devchange.tracking against a real MLflow server (one per module) on tiny synthetic data.
+"""devchange.tracking and devchange.registry against a real MLflow server (one per module) on tiny synthetic data.
 
 The server is `mlflow server` with its own SQLite store and proxied artifacts in a temporary
 folder; every test gets its own experiment, registered model name and throw-away repository
@@ -23,11 +23,12 @@ import yaml
 from conftest import free_port
 from mlflow import MlflowClient
 
-from devchange import tracking
+from devchange import registry, tracking
 from devchange.config import METRIC_NAMES, ModelParams
-from devchange.cross_validation import AGGREGATES, aggregate_folds, select_candidate
+from devchange.cross_validation import aggregate_folds, select_candidate
 from devchange.features import TARGET, FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
+from devchange.names import AGGREGATES, CHAMPION
 from devchange.production import promotion_decision
 from devchange.tracking import TrackingError
 
@@ -105,7 +106,7 @@ def _summary(mean: float, minimum: float) -> dict:
 def _train(toy, kind: str, summary: dict, model_name: str, timeout_s: float = 30) -> dict:
     model, spec = toy["fitted"][kind], toy["spec"]
     with tracking.pipeline_run(timeout_s=timeout_s):
-        return tracking.log_training(model, spec, toy["table"].head(50), feature_importance(model, spec),
+        return registry.log_training(model, spec, toy["table"].head(50), feature_importance(model, spec),
                                      summary, model_name, profile={"base_rate": 0.1},
                                      version_tags={"devchange.last_train_month": "2020-08-31"})
 
@@ -114,12 +115,12 @@ def _decide_and_apply(model_name: str, version: int, lifts: dict, margin: float 
     "The production rule (a pure function) on given lifts of the evaluation month, recorded in the registry."
     client = MlflowClient()
     cv_min = lambda v: float(client.get_model_version(model_name, str(v)).tags["cv_lift_at_k_min"])
-    champion = tracking.alias_version(client, model_name, tracking.CHAMPION)
+    champion = registry.alias_version(client, model_name, CHAMPION)
     decision = promotion_decision(model_name, {"version": version, "lift": lifts[version], "cv_min": cv_min(version)},
                                   None if champion is None else {"version": champion, "lift": lifts[champion],
                                                                  "cv_min": cv_min(champion)},
                                   margin, floor, "2020-09-30")
-    tracking.apply_promotion(client, model_name, decision)
+    registry.apply_promotion(client, model_name, decision)
     return decision
 
 
@@ -269,7 +270,7 @@ def test_training_logs_model_and_registers_challenger(repo, toy, model_name):
     files = os.listdir(mlflow.artifacts.download_artifacts(out["model_uri"]))
     assert "MLmodel" in files and "input_example.json" in files
 
-    assert tracking.model_aliases(client, model_name) == {"challenger": out["version"]}
+    assert registry.model_aliases(client, model_name) == {"challenger": out["version"]}
     mv = client.get_model_version(model_name, str(out["version"]))
     assert float(mv.tags["cv_lift_at_k_mean"]) == 3.2 and float(mv.tags["cv_lift_at_k_min"]) == 2.9
     assert mv.run_id == out["run_id"] and mv.tags["devchange.last_train_month"] == "2020-08-31"
@@ -282,7 +283,7 @@ def test_first_model_becomes_champion(repo, toy, model_name):
     assert decision["champion_version"] is None and decision["challenger_cv_min"] == 2.0
     assert "no champion yet" in decision["reason"]
     client = MlflowClient()
-    assert tracking.model_aliases(client, model_name) == {"champion": v1, "challenger": v1}
+    assert registry.model_aliases(client, model_name) == {"champion": v1, "challenger": v1}
     mv = client.get_model_version(model_name, str(v1))
     assert mv.description == decision["reason"] and mv.tags["promotion.decision"] == "promoted"
 
@@ -294,22 +295,22 @@ def test_worse_challenger_keeps_champion_better_one_takes_over(repo, toy, model_
     kept = _decide_and_apply(model_name, v2, {v1: 3.0, v2: 3.05}, margin=0.1)  # better, but within the margin
     assert kept["decision"] == "kept" and kept["champion_version"] == v1 and kept["champion_lift"] == 3.0
     client = MlflowClient()
-    assert tracking.model_aliases(client, model_name) == {"champion": v1, "challenger": v2}
+    assert registry.model_aliases(client, model_name) == {"champion": v1, "challenger": v2}
     assert client.get_model_version(model_name, str(v2)).tags["promotion.champion_before"] == str(v1)
 
     v3 = _train(toy, "logreg", _summary(3.5, 2.5), model_name)["version"]
     promoted = _decide_and_apply(model_name, v3, {v1: 3.0, v3: 3.5}, margin=0.1)
     assert promoted["decision"] == "promoted" and promoted["champion_version"] == v1
-    assert tracking.model_aliases(client, model_name) == {"champion": v3, "challenger": v3}
+    assert registry.model_aliases(client, model_name) == {"champion": v3, "challenger": v3}
 
 
 def test_challenger_below_floor_is_not_promoted(repo, toy, model_name):
     v1 = _train(toy, "lightgbm", _summary(3.0, 1.2), model_name)["version"]  # good mean, one bad month
     decision = _decide_and_apply(model_name, v1, {v1: 3.5}, floor=1.5)
     assert decision["decision"] == "kept" and "below the floor" in decision["reason"]
-    assert tracking.model_aliases(MlflowClient(), model_name) == {"challenger": v1}
+    assert registry.model_aliases(MlflowClient(), model_name) == {"challenger": v1}
     with pytest.raises(TrackingError, match="no 'champion' alias"):
-        tracking.load_version(MlflowClient(), model_name, alias=tracking.CHAMPION)
+        registry.load_version(MlflowClient(), model_name, alias=CHAMPION)
 
 
 @pytest.mark.parametrize("kind", ["lightgbm", "logreg"])
@@ -317,7 +318,7 @@ def test_load_champion_reproduces_predict_proba(repo, toy, model_name, kind):
     v1 = _train(toy, kind, _summary(3.0, 2.0), model_name)["version"]
     _decide_and_apply(model_name, v1, {v1: 3.0})
     tracking.configure(timeout_s=30)
-    champion = tracking.load_version(MlflowClient(), model_name, alias=tracking.CHAMPION)
+    champion = registry.load_version(MlflowClient(), model_name, alias=CHAMPION)
     model, version = champion.model, champion.version
     assert version == v1 and hasattr(model, "predict_proba") and champion.spec == toy["spec"]
     table, spec = toy["table"], toy["spec"]
