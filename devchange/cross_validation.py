@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import METRIC_NAMES, ORACLE, RANDOM, CVParams, ModelParams
-from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature_spec
+from .features import KEYS, TARGET, FeatureSpec, fit_feature_spec, with_levels
 from .folds import Fold, describe_plan, fold_plan, split
 from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
@@ -33,24 +33,30 @@ def fold_tables(table: pd.DataFrame, spec: FeatureSpec, fold: Fold) -> tuple[Fea
     train, valid = split(table, fold)
     levels = fit_feature_spec(train[list(spec.categorical)]).categorical if spec.categorical else {}
     fold_spec = FeatureSpec(numeric=dict(spec.numeric), categorical=levels)
-    def typed(t):
-        return t.reset_index(drop=True).assign(**apply_feature_spec(t, fold_spec)[fold_spec.columns])
+    def typed(t: pd.DataFrame) -> pd.DataFrame:  # only the columns that change: at a million users each copy is a GB
+        t = t.reset_index(drop=True)
+        return t.assign(**{c: t[c].astype(d) for c, d in fold_spec.numeric.items() if t[c].dtype != d},
+                        **{c: with_levels(t[c], lv) for c, lv in levels.items()})
     return fold_spec, typed(train), typed(valid)
+
+
+def _oracle_scores(valid: pd.DataFrame, oracle: pd.DataFrame | None) -> np.ndarray | None:
+    "The oracle's probabilities of the validation rows, if it has every one."
+    if oracle is None or not len(oracle): return None
+    month = oracle[oracle["month"].isin(valid["month"].unique())]
+    p = valid[KEYS].merge(month[KEYS + ["probability"]], on=KEYS, how="left", validate="1:1")["probability"]
+    return p.to_numpy() if p.notna().all() else None
 
 
 def cross_validate(table: pd.DataFrame, spec: FeatureSpec, plan: list[Fold], models: dict[str, ModelParams],
                    k_share: float, seed: int, oracle: pd.DataFrame | None = None) -> CVResult:
     "Fit and evaluate every candidate in `models` on every fold; score the oracle alongside if given."
     rows, oof = [], []
-    if oracle is not None and len(oracle):
-        table = table.merge(oracle[KEYS + ["probability"]].rename(columns={"probability": "_oracle"}),
-                            on=KEYS, how="left", validate="1:1")
     for fold in plan:
         fold_spec, train, valid = fold_tables(table, spec, fold)
         scores = {name: predict_proba(fit(make_model(cfg, fold_spec, seed), train, fold_spec), valid, fold_spec)
                   for name, cfg in models.items()}
-        if "_oracle" in valid and valid["_oracle"].notna().all():
-            scores[ORACLE] = valid["_oracle"].to_numpy()
+        if (truth := _oracle_scores(valid, oracle)) is not None: scores[ORACLE] = truth
         for name, p in scores.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a month without positives: NaN, reported below

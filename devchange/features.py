@@ -11,8 +11,8 @@ import pandas as pd
 from .contract import feature_kinds
 
 # %% auto #0
-__all__ = ['KEYS', 'TARGET', 'FeatureSpec', 'fit_feature_spec', 'apply_feature_spec', 'training_table', 'scoring_table',
-           'featurize']
+__all__ = ['KEYS', 'TARGET', 'FeatureSpec', 'fit_feature_spec', 'with_levels', 'apply_feature_spec', 'training_table',
+           'scoring_table', 'featurize']
 
 # %% ../nbs/05_features.ipynb #739c531b
 KEYS = ["user_id", "month"]
@@ -62,7 +62,7 @@ def fit_feature_spec(train_features: pd.DataFrame, float32: bool = True, rows: n
     return FeatureSpec(numeric=numeric, categorical=categorical)
 
 # %% ../nbs/05_features.ipynb #0b81e8a4
-def _with_levels(values: pd.Series, levels: list[str]) -> pd.Categorical:
+def with_levels(values: pd.Series, levels: list[str]) -> pd.Categorical:
     "`values` as a categorical over `levels`, compared as text; any other value becomes missing."
     if isinstance(values.dtype, pd.CategoricalDtype):  # map the few categories, then the codes: no text per row
         to_level = np.append(pd.Index(levels).get_indexer(values.cat.categories.astype(str)), -1)
@@ -75,7 +75,7 @@ def apply_feature_spec(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFram
     "Keys plus the spec's feature columns, typed as in training; unseen levels become missing."
     columns = {c: features[c].to_numpy() for c in KEYS}
     columns.update({c: features[c].to_numpy(dtype=dtype) for c, dtype in spec.numeric.items()})
-    columns.update({c: _with_levels(features[c], levels) for c, levels in spec.categorical.items()})
+    columns.update({c: with_levels(features[c], levels) for c, levels in spec.categorical.items()})
     return pd.DataFrame(columns, copy=False)
 
 

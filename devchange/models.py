@@ -55,9 +55,12 @@ def make_model(cfg: ModelParams, spec: FeatureSpec, seed: int):
         return lgb.LGBMClassifier(**{**params, "random_state": seed, "deterministic": True,
                                      "force_row_wise": True, "verbose": -1})
     if cfg.kind == "logistic_regression":
+        # float32 throughout when the features are (a million users: 1.5 GB instead of 3 GB per fold), and
+        # the scaler works in place on the imputer's fresh output
         numeric = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)),
-                            ("scale", StandardScaler())])
-        categorical = OneHotEncoder(handle_unknown="ignore")
+                            ("scale", StandardScaler(copy=False))])
+        float32 = all(dtype == "float32" for dtype in spec.numeric.values())
+        categorical = OneHotEncoder(handle_unknown="ignore", dtype=np.float32 if float32 else np.float64)
         prep = ColumnTransformer([("num", numeric, list(spec.numeric)),
                                   ("cat", categorical, list(spec.categorical))])
         return Pipeline([("prep", prep), ("clf", LogisticRegression(**{**params, "random_state": seed}))])
