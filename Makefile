@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export readme lock promote image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme lock promote image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ ui: env  ## MLflow UI for the embedded store (mlflow.db, mlartifacts/) on http:/
 
 export: env  ## regenerate devchange/ from the notebooks, then strip the notebooks
 	nbdev_export
+	nbdev_clean
+
+examples: env  ## run the library notebooks and keep their outputs, the examples a reader sees without running them
+	jupyter nbconvert --to notebook --execute --inplace nbs/[0-9]*.ipynb
 	nbdev_clean
 
 readme: env  ## write the README's opening from nbs/index.ipynb (its outputs as saved: run the notebook first)

@@ -2,8 +2,10 @@
 README opens with nbs/index.ipynb.
 
 Both checks run nbdev in a copy of the project, so they never modify the working tree."""
+import ast
 import filecmp
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -40,3 +42,28 @@ def test_readme_opening_is_the_index_notebook(tmp_path):
     spec = importlib.util.spec_from_file_location("readme", ROOT / "tools" / "readme.py")
     readme = importlib.util.module_from_spec(spec); spec.loader.exec_module(readme)
     assert readme.render(executed) == readme.render(), "nbs/index.ipynb's saved outputs are stale: run it, then `make readme`"
+
+
+def _shows_a_value(source: str) -> bool:
+    "Whether a cell ends in an expression Jupyter displays (not silenced by `;`, not an assert helper)."
+    try: body = ast.parse(source).body
+    except SyntaxError: return False  # IPython syntax (%magic): not an example
+    last = body[-1] if body else None
+    return (isinstance(last, ast.Expr) and not source.rstrip().endswith(";")
+            and not (isinstance(last.value, ast.Call) and getattr(last.value.func, "id", "").startswith("test_")))
+
+
+def test_library_notebooks_show_their_examples():
+    """A reader sees every example of the library notebooks without running them: each visible cell
+    that ends in a value has its output saved (`make examples`), and no saved output is an error.
+    Hidden cells (the tests) and exported code are not examples."""
+    missing, errors = [], []
+    for path in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or source.lstrip().startswith("#|"): continue
+            where = f"{path.name}, cell {i}: {source.strip().splitlines()[-1][:60]}"
+            if _shows_a_value(source) and not cell["outputs"]: missing.append(where)
+            errors += [where for o in cell["outputs"] if o["output_type"] == "error"]
+    assert not missing, f"examples without their output (run `make examples`): {missing}"
+    assert not errors, f"examples saved with an error: {errors}"

@@ -1,0 +1,13 @@
+"""pytest's view of the library notebooks, which nbval runs as tests (see pytest.ini).
+
+The notebooks keep the outputs of their examples, so that a reader sees them without running
+anything (`make examples` writes them). nbdev_clean blanks every execution count, and nbval
+takes a cell that has outputs but no count for a reference that was never run, and fails it.
+Under --nbval-lax no output is compared, so such a cell is marked as run."""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        cell = getattr(item, "cell", None)
+        if cell is not None and cell.get("outputs") and cell.get("execution_count") is None:
+            cell["execution_count"] = 0
