@@ -5,7 +5,9 @@ Both checks run nbdev in a copy of the project, so they never modify the working
 import ast
 import filecmp
 import importlib.util
+import io
 import json
+import tokenize
 import shutil
 from pathlib import Path
 
@@ -45,11 +47,13 @@ def test_readme_opening_is_the_index_notebook(tmp_path):
 
 
 def _shows_a_value(source: str) -> bool:
-    "Whether a cell ends in an expression Jupyter displays (not silenced by `;`, not an assert helper)."
+    "Whether a cell ends in an expression Jupyter displays: not silenced by a last `;`, not a `test_*` helper."
     try: body = ast.parse(source).body
     except SyntaxError: return False  # IPython syntax (%magic): not an example
     last = body[-1] if body else None
-    return (isinstance(last, ast.Expr) and not source.rstrip().endswith(";")
+    code = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER)]
+    return (isinstance(last, ast.Expr) and not (code and code[-1].string == ";")
             and not (isinstance(last.value, ast.Call) and getattr(last.value.func, "id", "").startswith("test_")))
 
 
