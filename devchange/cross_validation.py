@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .config import METRIC_NAMES, ORACLE, RANDOM, CVParams, ModelParams
-from .features import KEYS, TARGET, FeatureSpec, fit_feature_spec, with_levels
+from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature_spec
 from .folds import Fold, describe_plan, fold_plan, split
 from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
@@ -33,10 +33,8 @@ def fold_tables(table: pd.DataFrame, spec: FeatureSpec, fold: Fold) -> tuple[Fea
     train, valid = split(table, fold)
     levels = fit_feature_spec(train[list(spec.categorical)]).categorical if spec.categorical else {}
     fold_spec = FeatureSpec(numeric=dict(spec.numeric), categorical=levels)
-    def typed(t: pd.DataFrame) -> pd.DataFrame:  # only the columns that change: at a million users each copy is a GB
-        t = t.reset_index(drop=True)
-        return t.assign(**{c: t[c].astype(d) for c, d in fold_spec.numeric.items() if t[c].dtype != d},
-                        **{c: with_levels(t[c], lv) for c, lv in levels.items()})
+    def typed(t: pd.DataFrame) -> pd.DataFrame:
+        return t.reset_index(drop=True).assign(**apply_feature_spec(t, fold_spec)[fold_spec.columns])
     return fold_spec, typed(train), typed(valid)
 
 
