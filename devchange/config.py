@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-import pandas as pd
 import yaml
 
 # %% auto #0

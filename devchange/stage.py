@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import re
 import shutil
@@ -19,15 +21,18 @@ from typing import Any
 # (none in this project) would accept any string as an IRI.
 if "rfc3987_syntax" not in sys.modules: sys.modules["rfc3987_syntax"] = None
 
-import nbformat
-import papermill as pm
 import yaml
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync  # the event loop papermill (nbclient) runs on in this thread: the kernel manager must share it
 
 from .config import ParamsError, load_params, paths, plain, read_params_yaml
 
+# papermill and nbformat are imported where they are used: the runner imports them while the
+# stage's kernel, started first, boots
+
 # %% auto #0
-__all__ = ['KERNEL', 'StageError', 'stage_notebook', 'stage_param_keys', 'stage_parameters', 'check_parameters',
-           'strip_run_metadata', 'render_html', 'run_stage', 'main']
+__all__ = ['KERNEL', 'FREEZE_AT_EXIT', 'StageError', 'stage_notebook', 'stage_param_keys', 'stage_parameters', 'check_parameters',
+           'strip_run_metadata', 'render_html', 'StageKernel', 'run_stage', 'main']
 
 # %% ../nbs/10_stage.ipynb #d8409ecc
 class StageError(RuntimeError):
@@ -73,6 +78,7 @@ def stage_parameters(name: str, root: Path) -> dict[str, Any]:
 
 def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
     "Fail unless the notebook's `parameters` cell declares exactly the names passed to it."
+    import papermill as pm
     declared = set(pm.inspect_notebook(str(notebook)))
     if not declared:
         raise StageError(f"{notebook}: no cell tagged 'parameters'; papermill would inject values that the "
@@ -105,6 +111,7 @@ def _stable_outputs(cell, index: int) -> None:
 def strip_run_metadata(notebook: Path, root: Path) -> None:
     """Make an executed notebook a pure function of its inputs: no timestamps or durations, paths relative to
     `root`, and stable ids where papermill (the injected cell) and pandas (styled tables) draw random ones."""
+    import nbformat
     nb = nbformat.read(notebook, as_version=4)
     meta = nb.metadata.get("papermill", {})
     for key in ("start_time", "end_time", "duration", "exception"):
@@ -127,6 +134,7 @@ def render_html(notebook: Path, html: Path) -> None:
 
     The run's parameters stay visible: papermill's injected cell becomes a "Parameters of this
     run" block, and the notebook's own defaults cell (all `None`) is left out."""
+    import nbformat
     nb = nbformat.read(notebook, as_version=4)
     cells = []
     for cell in nb.cells:
@@ -143,7 +151,65 @@ def render_html(notebook: Path, html: Path) -> None:
                            exclude_output_prompt=True).from_notebook_node(nb)
     html.write_text(body, encoding="utf-8")
 
+# %% ../nbs/10_stage.ipynb #136c7470
+FREEZE_AT_EXIT = "import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, _g"
+"The kernel's first line, run before the notebook and leaving no names behind: `gc.freeze` as its first `atexit` handler."
 
+
+class _StageKernelManager(AsyncKernelManager):
+    "Closes the clients it handed out when its kernel shuts down: papermill leaves its own open when it does not own the kernel."
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._handed_out = []
+
+    def client(self, **kwargs):
+        kc = super().client(**kwargs)
+        self._handed_out.append(kc)
+        return kc
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        await super().shutdown_kernel(now=now, restart=restart)
+        while self._handed_out: self._handed_out.pop().stop_channels()
+
+
+def _ipc_kernel(folder: Path):
+    "Kernel manager settings: talk to the kernel over Unix sockets in `folder` (private to the user), not TCP ports."
+    from traitlets.config import Config
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
+
+
+class StageKernel:
+    """A Jupyter kernel for one notebook run: `start()` it before other work, since it boots meanwhile; give papermill
+    its `manager` (`execute_notebook(km=...)`); `stop()` shuts it down gracefully (again: nothing). Also a context manager."""
+    def __init__(self, name: str = KERNEL, cwd: str | Path | None = None):
+        self.name, self.cwd, self.manager = name, Path(cwd or Path.cwd()), None
+
+    def start(self) -> StageKernel:
+        from jupyter_client.kernelspec import NoSuchKernel
+        self._sockets = Path(tempfile.mkdtemp(prefix="devchange-kernel-"))  # short: a Unix socket path has ~100 bytes
+        self.manager = _StageKernelManager(kernel_name=self.name, config=_ipc_kernel(self._sockets))
+        try:
+            run_sync(self.manager.start_kernel)(cwd=str(self.cwd), extra_arguments=[f"--IPKernelApp.exec_lines={FREEZE_AT_EXIT}"])
+        except BaseException as e:
+            self.manager = None
+            shutil.rmtree(self._sockets, ignore_errors=True)
+            if isinstance(e, NoSuchKernel):
+                raise StageError(f"Jupyter kernel {self.name!r} not found (`jupyter kernelspec list` names the installed ones)") from None
+            raise
+        return self
+
+    def stop(self) -> None:
+        manager, self.manager = self.manager, None
+        if manager is None: return
+        try:
+            if manager.has_kernel: run_sync(manager.shutdown_kernel)(now=False)
+        finally:
+            shutil.rmtree(self._sockets, ignore_errors=True)
+
+    def __enter__(self) -> StageKernel: return self.start()
+    def __exit__(self, *exc) -> None: self.stop()
+
+# %% ../nbs/10_stage.ipynb #83c8e7d8
 class _InBackground(threading.Thread):
     "Run `fn(*args)` in a thread from now on; `result()` waits for it and raises what it raised."
     def __init__(self, fn, *args):
@@ -168,16 +234,9 @@ def _set_up_tracking(timeout_s: float) -> None:
 
 
 def _tracking_while_running() -> bool:
-    "Set tracking up while the notebook runs only for an embedded store that exists (a server, or a new store, first)."
-    return not os.environ.get("MLFLOW_TRACKING_URI") and (paths().root / "mlflow.db").is_file()
-
-
-def _ipc_kernel(folder: Path):
-    """Kernel manager settings: talk to the kernel over Unix sockets in `folder` (private to the user), not
-    TCP ports on localhost, which ipykernel warns about in every report ("running over TCP without
-    encryption")."""
-    from traitlets.config import Config
-    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
+    """The embedded store is set up in a thread while the notebook runs (created if new: its lock keeps a kernel that
+    logs out meanwhile); a server (`MLFLOW_TRACKING_URI`) first, so one that does not answer fails before any output."""
+    return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -> Path:
@@ -188,36 +247,40 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
     notebook = stage_notebook(name, root)
     if not notebook.is_file(): raise StageError(f"{notebook}: stage notebook not found")
     parameters = stage_parameters(name, root)
-    check_parameters(notebook, parameters)
-    reports = root / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    failed = reports / "failed" / f"{name}.ipynb"
-    timeout_s = params.tracking.timeout_s
-    if _tracking_while_running(): setup = _InBackground(_set_up_tracking, timeout_s)
-    else: _set_up_tracking(timeout_s); setup = _InBackground(lambda: None)
-    sockets = Path(tempfile.mkdtemp(prefix="devchange-kernel-"))  # short: a Unix socket path has ~100 bytes
+    started = StageKernel(kernel, cwd=root).start()  # boots while this process imports papermill and checks the notebook
+    setup = None
     try:
+        check_parameters(notebook, parameters)
+        import papermill as pm
+        reports = root / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        failed = reports / "failed" / f"{name}.ipynb"
+        timeout_s = params.tracking.timeout_s
+        if _tracking_while_running(): setup = _InBackground(_set_up_tracking, timeout_s)
+        else: _set_up_tracking(timeout_s)
         with tempfile.TemporaryDirectory(dir=reports, prefix=".tmp-") as tmp:
             out_nb, out_html = Path(tmp) / f"{name}.ipynb", Path(tmp) / f"{name}.html"
             try:  # saved once at the end (and on failure), not twice per cell
                 pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name=kernel,
-                                    cwd=str(root), progress_bar=False, request_save_on_cell_execute=False,
-                                    config=_ipc_kernel(sockets))
+                                    km=started.manager, cwd=str(root), progress_bar=False,
+                                    request_save_on_cell_execute=False)
             except pm.PapermillExecutionError as e:
                 failed.parent.mkdir(exist_ok=True)
                 shutil.copyfile(out_nb, failed)
                 raise StageError(f"stage {name} failed: {e.ename}: {e.evalue}\n"
                                  f"  (executed notebook: {failed.relative_to(root)}; earlier reports are unchanged)") from None
+            finally:
+                started.stop()  # its memory is free while the report renders
             strip_run_metadata(out_nb, root)
-            setup.join()  # render_html's import
+            if setup: setup.join()  # render_html's import
             render_html(out_nb, out_html)
             os.replace(out_nb, reports / f"{name}.ipynb")
             os.replace(out_html, reports / f"{name}.html")
     finally:
-        setup.join()
-        shutil.rmtree(sockets, ignore_errors=True)
+        started.stop()
+        if setup: setup.join()
     failed.unlink(missing_ok=True)
-    setup.result()  # a broken store fails the stage here
+    if setup: setup.result()  # a broken store fails the stage here
     from devchange import tracking
     with tracking.pipeline_run(timeout_s):  # reuses the set-up above
         tracking.log_stage_report(name, [reports / f"{name}.ipynb", reports / f"{name}.html"])
@@ -226,6 +289,7 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
 # %% ../nbs/10_stage.ipynb #bb3c85bd
 def main(argv: list[str] | None = None) -> int:
     "Command line: `devchange-stage <name>`."
+    atexit.register(gc.freeze)  # registered first, so it runs last: no collection of the whole heap at exit (see The kernel)
     parser = argparse.ArgumentParser(prog="devchange-stage", description="Run one pipeline stage notebook.")
     parser.add_argument("name", help="stage name in dvc.yaml (its notebook is nbs/stages/<name>.ipynb)")
     parser.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel (default: {KERNEL})")
