@@ -153,7 +153,7 @@ def render_html(notebook: Path, html: Path) -> None:
 
 # %% ../nbs/10_stage.ipynb #136c7470
 FREEZE_AT_EXIT = "import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, _g"
-"The kernel's first line, run before the notebook and leaving no names behind: `gc.freeze` as its first `atexit` handler."
+"The kernel's first line, run before the notebook and leaving no names behind: `gc.freeze` registered with `atexit` before the notebook's libraries load, so it runs after their handlers."
 
 
 class _StageKernelManager(AsyncKernelManager):
@@ -289,7 +289,7 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
 # %% ../nbs/10_stage.ipynb #bb3c85bd
 def main(argv: list[str] | None = None) -> int:
     "Command line: `devchange-stage <name>`."
-    atexit.register(gc.freeze)  # registered first, so it runs last: no collection of the whole heap at exit (see The kernel)
+    atexit.register(gc.freeze)  # before MLflow loads, so it runs after MLflow's handlers: no last collection of the heap (see The kernel)
     parser = argparse.ArgumentParser(prog="devchange-stage", description="Run one pipeline stage notebook.")
     parser.add_argument("name", help="stage name in dvc.yaml (its notebook is nbs/stages/<name>.ipynb)")
     parser.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel (default: {KERNEL})")
