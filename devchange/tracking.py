@@ -29,10 +29,10 @@ from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, PRODUCTION_SUFFIX
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'tracking_uri', 'experiment_name',
-           'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state', 'raw_data_hash', 'flatten',
-           'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation', 'run_tree', 'training_run',
-           'log_monitoring', 'log_production_run', 'log_stage_report']
+           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'store_root', 'tracking_uri',
+           'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state',
+           'raw_data_hash', 'flatten', 'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation',
+           'run_tree', 'training_run', 'log_monitoring', 'log_production_run', 'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #3634fbb7
 class TrackingError(RuntimeError):
@@ -44,11 +44,19 @@ DEFAULT_TIMEOUT_S = 10.0
 "Seconds a stage waits for an unreachable tracking server before failing."
 
 
+def store_root(root: str | Path | None = None) -> Path:
+    """The repository whose embedded store this process uses: the one a DVC experiment was started from.
+
+    `dvc exp run --temp` and queued experiments run the pipeline in a copy under `.dvc/tmp/exps/`, deleted
+    afterwards; DVC names the original repository in `DVC_ROOT`, so their runs and versions land in its store."""
+    if os.environ.get("DVC_ROOT"): return Path(os.environ["DVC_ROOT"]).resolve()
+    return Path(root).resolve() if root else paths().root
+
+
 def tracking_uri(root: str | Path | None = None) -> str:
-    "`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<repo root>/mlflow.db` (absolute)."
+    "`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<store_root>/mlflow.db` (absolute)."
     if os.environ.get("MLFLOW_TRACKING_URI"): return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(root).resolve() if root else paths().root
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def experiment_name() -> str:
