@@ -16,6 +16,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .config import ModelParams
 from .features import TARGET, FeatureSpec
@@ -68,17 +69,19 @@ def make_model(cfg: ModelParams, spec: FeatureSpec, seed: int):
 
 # %% ../nbs/07_models.ipynb #17550e5b
 def fit(model, table: pd.DataFrame, spec: FeatureSpec):
-    "Fit `model` on the spec's feature columns of `table` against its target."
+    "Fit `model` on the spec's feature columns of `table` against its target (BLAS on one thread)."
     try:
-        return model.fit(table[spec.columns], table[TARGET].to_numpy())
+        with threadpool_limits(1, user_api="blas"):
+            return model.fit(table[spec.columns], table[TARGET].to_numpy())
     except Exception as e:
         raise RuntimeError(f"fitting {type(model).__name__} on {len(table)} rows failed: {e}") from e
 
 
 def predict_proba(model, table: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    "Probability of a device change for every row of `table` (none for an empty table, which models refuse)."
+    "Probability of a device change for every row of `table` (BLAS on one thread; none for an empty table, which models refuse)."
     if len(table) == 0: return np.empty(0, dtype="float64")
-    return model.predict_proba(table[spec.columns])[:, 1]
+    with threadpool_limits(1, user_api="blas"):
+        return model.predict_proba(table[spec.columns])[:, 1]
 
 # %% ../nbs/07_models.ipynb #702bb96e
 def feature_importance(model, spec: FeatureSpec) -> pd.DataFrame:

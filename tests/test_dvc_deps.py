@@ -1,6 +1,7 @@
-"""dvc.yaml's stage dependencies cannot drift from the code: every devchange module a stage
-notebook imports, directly or through other modules, is a dependency of that stage, so a code
-change re-runs exactly the stages it can affect (`dvc status` in tests/test_pipeline.py)."""
+"""dvc.yaml's stage dependencies cannot drift from the code: a stage depends on exactly the
+devchange modules its notebook imports, directly or through other modules (none missing, none
+extra), so a code change re-runs exactly the stages it can affect (`dvc status` in
+tests/test_pipeline.py)."""
 import ast
 import json
 
@@ -50,12 +51,31 @@ def stages_using(module: str) -> set[str]:
     return {s for s in STAGES if module in notebook_modules(s)}
 
 
+def dep_problems(stage: str, deps: list[str], uses: set[str]) -> str:
+    "What is wrong with `stage`'s deps given the modules it `uses`: missing and extra devchange files, or ''."
+    listed = {d for d in map(str, deps) if d.rstrip("/") == "devchange" or d.startswith("devchange/")}
+    wanted = {f"devchange/{m}.py" for m in uses}
+    missing, extra = sorted(wanted - listed), sorted(listed - wanted)
+    problems = ([f"uses but does not depend on: {', '.join(missing)}"] if missing else []) + \
+               ([f"depends on but never imports: {', '.join(extra)}"] if extra else [])
+    return f"dvc.yaml: stage {stage} " + "; ".join(problems) if problems else ""
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_stage_depends_on_every_module_its_notebook_uses(stage):
-    deps = set(map(str, STAGES[stage]["deps"]))
-    missing = sorted(f"devchange/{m}.py" for m in notebook_modules(stage) if f"devchange/{m}.py" not in deps)
-    assert not missing, f"dvc.yaml: stage {stage} uses but does not depend on: {', '.join(missing)}"
-    assert f"nbs/stages/{stage}.ipynb" in deps
+def test_stage_depends_on_exactly_the_modules_its_notebook_uses(stage):
+    deps = STAGES[stage]["deps"]
+    problems = dep_problems(stage, deps, notebook_modules(stage))
+    assert not problems, problems
+    assert f"nbs/stages/{stage}.ipynb" in map(str, deps)
+
+
+def test_a_missing_or_an_extra_module_is_named():
+    uses = {"config", "io"}
+    assert dep_problems("x", ["nbs/stages/x.ipynb", "devchange/config.py", "devchange/io.py", "data/a"], uses) == ""
+    assert dep_problems("x", ["devchange/config.py"], uses) == "dvc.yaml: stage x uses but does not depend on: devchange/io.py"
+    assert dep_problems("x", ["devchange/config.py", "devchange/io.py", "devchange/folds.py"], uses) == (
+        "dvc.yaml: stage x depends on but never imports: devchange/folds.py")
+    assert "devchange/" in dep_problems("x", ["devchange/", "devchange/config.py", "devchange/io.py"], uses)  # the whole package
 
 
 def test_the_import_scan_sees_relative_and_lazy_imports():

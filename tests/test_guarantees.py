@@ -1,7 +1,9 @@
 """The promises the README makes about runs, each checked for real on tiny data.
 
 - Two fresh clones give byte-identical data, metrics, predictions, models and reports.
-- A run killed in the middle of `train` and started again ends with the uninterrupted result.
+- A run killed in the middle of `train`, at a point the test controls (the model fitted and
+  registered, none of its files written yet), leaves no model file, partial or temporary, and
+  no `train` in dvc.lock; started again, it ends with the uninterrupted result.
 - A second `dvc repro` started while one runs is refused with DVC's lock message and writes nothing.
 - Two processes logging to the embedded MLflow store at once (from its very creation) both succeed.
 - A bad parameter passed with `dvc exp run -S` stops the run with one message naming the key,
@@ -39,34 +41,81 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = RUN
         time.sleep(0.5)
 
 
+# Test only, in a temporary folder on the killed run's PYTHONPATH (every Python process of the run imports it): the
+# first time a process is about to create a file in models/ (the train stage's first output: `io.atomic_path`
+# makes its temporary file there), it says so and waits to be killed. No project code knows about it.
+HOLD_BEFORE_MODELS = """\
+import os, tempfile, time
+_mkstemp = tempfile.mkstemp
+def _held_mkstemp(*args, **kwargs):
+    folder = kwargs.get("dir", args[2] if len(args) > 2 else None)
+    if folder is not None and os.path.realpath(folder) == {models!r}:
+        with open({signal!r} + ".tmp", "w") as f: f.write(str(os.getpid()))
+        os.replace({signal!r} + ".tmp", {signal!r})
+        time.sleep({timeout})  # the test kills this process long before
+        os._exit(70)
+    return _mkstemp(*args, **kwargs)
+tempfile.mkstemp = _held_mkstemp
+"""
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float = RUN_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"dvc repro ended ({proc.returncode}) before {path.name}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    return path.read_text()
+
+
+def _gone(pid: int, timeout: float = 60) -> bool:
+    "Whether process `pid` ended (or is a zombie nobody reaped yet) within `timeout` s."
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z": return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """A second fresh copy: `dvc repro` in the background; a concurrent `dvc repro` while it runs; the
-    run killed (SIGKILL to its whole process group: DVC, papermill, the kernel) a few seconds into
-    `train`; then `dvc repro` once more to the end."""
-    root = copy_project(tmp_path_factory.mktemp("guarantees") / "devchange",
-                       skip_prefixes=("reports/", "data/raw", "dvc.lock"))
+    """A second fresh copy: `dvc repro` in the background; a concurrent `dvc repro` while it runs; the run killed in
+    `train` right before its first file in models/ (SIGKILL to DVC's process group and to the stage's kernel, which
+    runs in a session of its own); then `dvc repro` once more to the end, without the hold."""
+    base = tmp_path_factory.mktemp("guarantees")
+    root = copy_project(base / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
     update_params(root, TINY)
     run(["git", "commit", "-qam", "tiny params"], root)
-    log = root.parent / "repro.log"
+    site, held = base / "site", base / "held-before-models"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOLD_BEFORE_MODELS.format(
+        models=os.path.realpath(root / "models"), signal=str(held), timeout=RUN_TIMEOUT_S))
+    log = base / "repro.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                env={**env(), "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                env={**env(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(site)}, start_new_session=True)
+    holder = None
     try:
         _wait_for(log, "Running stage 'featurize'", proc)
         before = _outputs(root)
-        second = run(["dvc", "repro"], root, check=False)
+        second = run(["dvc", "repro"], root, check=False)  # the first run holds the lock until it is killed
         during = _outputs(root)
-        _wait_for(log, "Running stage 'train'", proc)
-        time.sleep(5)  # the kernel is up and training has started
+        holder = int(_wait_for_file(held, proc, log))
+        stage_log = log.read_text()
+        os.kill(holder, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        assert _gone(holder), f"the held process {holder} survived SIGKILL"
     finally:
         if proc.poll() is None: os.killpg(proc.pid, signal.SIGKILL)
+        if holder and not _gone(holder, 0): os.kill(holder, signal.SIGKILL)
     killed_lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     models_after_kill = sorted(p.name for p in (root / "models").iterdir() if p.name != ".gitignore")
     rerun = run(["dvc", "repro"], root)
-    return dict(root=root, second=second, before=before, during=during, killed_lock=killed_lock,
+    return dict(root=root, second=second, before=before, during=during, killed_lock=killed_lock, stage_log=stage_log,
                 models_after_kill=models_after_kill, rerun=rerun, log=log.read_text())
 
 
@@ -84,6 +133,10 @@ def test_a_concurrent_repro_is_refused_and_does_nothing(interrupted):
 
 
 def test_a_run_killed_in_train_leaves_no_half_written_model(interrupted):
+    """Killed where the test chose: in `train` (the last stage DVC started), after cross_validate was recorded. No
+    model file, partial or temporary, is left, and dvc.lock does not claim train's outputs."""
+    started = [line for line in interrupted["stage_log"].splitlines() if line.startswith("Running stage")]
+    assert started[-1].startswith("Running stage 'train'"), started
     assert "train" not in interrupted["killed_lock"] and "cross_validate" in interrupted["killed_lock"]
     assert interrupted["models_after_kill"] == [], interrupted["models_after_kill"]
 

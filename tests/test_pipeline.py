@@ -115,14 +115,19 @@ def test_tracking_settings_rerun_nothing(project):
     run(["git", "checkout", "params.yaml"], root)
 
 
-def test_a_code_change_reruns_every_stage_that_uses_it(project):
+@pytest.mark.parametrize("module, stages", [
+    ("metrics", {"cross_validate", "train", "score", "monitor"}),
+    ("folds", {"cross_validate"}),  # and not train, score or monitor, which never import it
+    ("models", {"cross_validate", "train", "score"}),
+])
+def test_a_code_change_reruns_every_stage_that_uses_it(project, module, stages):
     from test_dvc_deps import stages_using
     root, _ = project
-    metrics = root / "devchange" / "metrics.py"
-    metrics.write_text(metrics.read_text() + "\n# an edit\n")
+    path = root / "devchange" / f"{module}.py"
+    path.write_text(path.read_text() + "\n# an edit\n")
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
-    run(["git", "checkout", "devchange/metrics.py"], root)
-    assert set(status) == stages_using("metrics") == {"cross_validate", "train", "score", "monitor"}, status
+    run(["git", "checkout", f"devchange/{module}.py"], root)
+    assert set(status) == stages_using(module) == stages, status
 
 
 def test_one_parameter_reruns_only_its_stages(project):
