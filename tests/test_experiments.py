@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY, copy_project, env, run, update_params
 
-DVC_EXP, KIND = "devchange.dvc_exp", "devchange.kind"
+DVC_EXP, KIND, CODE_TAG = "devchange.dvc_exp", "devchange.kind", "test.code"
 EXPERIMENTS = {"leaves7": 7, "leaves15": 15}  # name: models.lightgbm.params.num_leaves
 QUEUE_DEADLINE_S = 1800  # a bound on waiting for the workers, not a timing assertion
 
@@ -27,7 +27,10 @@ def queued(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("experiments") / "devchange",
                         skip_prefixes=("reports/", "data/raw", "dvc.lock"))
     update_params(root, {**TINY, "cv.candidates": ["lightgbm"]})
-    run(["git", "commit", "-qam", "tiny params, LightGBM only"], root)
+    with (root / "devchange" / "tracking.py").open("a") as f:  # code only this repository has
+        f.write("\n_exp_tags = exp_tags\ndef exp_tags(): return {**_exp_tags(), CODE_TAG: 'the copy'}\n"
+                f"CODE_TAG = {CODE_TAG!r}\n")
+    run(["git", "commit", "-qam", "tiny params, LightGBM only, a marked tracking module"], root)
     for name, leaves in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"models.lightgbm.params.num_leaves={leaves}"], root)
     assert not (root / "mlflow.db").exists()  # nothing ran yet: the workers create the store
@@ -69,6 +72,7 @@ def test_each_experiment_has_its_whole_run_tree_in_the_workspace_store(queued):
         assert len(parents) == 1 and parents[0].data.tags["dvc.exp_name"] == name
         assert parents[0].info.run_name.startswith(f"pipeline {name} ")
         assert all(r.info.status == "FINISHED" for r in rs), [(r.info.run_name, r.info.status) for r in rs]
+        assert {r.data.tags.get(CODE_TAG) for r in rs} == {"the copy"}  # the runner and kernels ran the copy's code
         training = [r for r in rs if r.data.tags.get(KIND) == "training"]
         assert len(training) == 1 and training[0].data.params["num_leaves"] == str(EXPERIMENTS[name])
 
@@ -79,7 +83,7 @@ def test_each_experiment_registered_its_version_tagged_with_its_name(queued):
     assert sorted(v.tags.get(DVC_EXP) for v in versions) == sorted(EXPERIMENTS), [v.tags for v in versions]
     for v in versions:
         training = client.get_run(v.run_id)
-        assert training.data.tags[DVC_EXP] == v.tags[DVC_EXP]
+        assert training.data.tags[DVC_EXP] == v.tags[DVC_EXP] and v.tags[CODE_TAG] == "the copy"
         assert training.data.params["num_leaves"] == str(EXPERIMENTS[v.tags[DVC_EXP]])
     aliases = client.get_registered_model("devchange").aliases
     assert set(aliases) == {"challenger"} and int(aliases["challenger"]) in {int(v.version) for v in versions}
