@@ -16,7 +16,8 @@ import yaml
 __all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths',
            'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
            'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams', 'PromotionParams',
-           'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params', 'section', 'plain']
+           'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params',
+           'section', 'plain']
 
 # %% ../nbs/00_config.ipynb #6505a8c2
 RAW_FILES = {
@@ -229,6 +230,14 @@ class PromotionParams:
         if self.floor < 0: yield "floor", "a non-negative lift", self.floor
 
 @dataclass(frozen=True)
+class ProductionParams:
+    min_target_coverage: float
+
+    def _problems(self):
+        if not 0 < self.min_target_coverage <= 1:
+            yield "min_target_coverage", "a share of the scored users in (0, 1]", self.min_target_coverage
+
+@dataclass(frozen=True)
 class MonitoringParams:
     bins: int
     psi_watch: float
@@ -257,6 +266,7 @@ class Params:
     tracking: TrackingParams
     promotion: PromotionParams
     monitoring: MonitoringParams
+    production: ProductionParams
 
     def _problems(self):
         for name in self.models:
