@@ -16,8 +16,8 @@ import yaml
 __all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths',
            'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
            'WindowParams', 'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams',
-           'PromotionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params',
-           'section', 'plain']
+           'PromotionParams', 'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml',
+           'load_params', 'section', 'plain']
 
 # %% ../nbs/00_config.ipynb #6505a8c2
 RAW_FILES = {
@@ -245,6 +245,14 @@ class PromotionParams:
         if self.floor < 0: yield "floor", "a non-negative lift", self.floor
 
 @dataclass(frozen=True)
+class ProductionParams:
+    min_target_coverage: float
+
+    def _problems(self):
+        if not 0 < self.min_target_coverage <= 1:
+            yield "min_target_coverage", "a share of the scored users in (0, 1]", self.min_target_coverage
+
+@dataclass(frozen=True)
 class MonitoringParams:
     bins: int
     psi_watch: float
@@ -274,6 +282,7 @@ class Params:
     tracking: TrackingParams
     promotion: PromotionParams
     monitoring: MonitoringParams
+    production: ProductionParams
 
     def _problems(self):
         for name in self.models:

@@ -15,7 +15,7 @@ from .config import RAW_FILES
 
 # %% auto #0
 __all__ = ['KEYS', 'TARGET_ROLES', 'FEATURE_ROLES', 'PAIRS', 'FEATURE_NAME', 'EXPECTED', 'N_EXAMPLES', 'REQUIRED',
-           'DataContractError', 'read_raw', 'feature_kinds', 'check_data']
+           'DataContractError', 'read_raw', 'feature_kinds', 'file_problems', 'check_data']
 
 # %% ../nbs/04_contract.ipynb #705023ac
 KEYS = ("user_id", "month")
@@ -228,6 +228,17 @@ def _check_file(role: str, df: pd.DataFrame, path: str, n_features: int) -> list
                        f"{_cols(map(str, df.columns))}); expected {EXPECTED[role]}")
     out += _check_keys(df, path)
     out += _check_target(df, path) if role in TARGET_ROLES else _check_features(df, path, n_features)
+    return out
+
+
+def file_problems(df: pd.DataFrame, path: str | Path, role: str = "keys", n_features: int = 0) -> list[str]:
+    """The rules for one file on its own, one message per violation ([] when it keeps them): `role` 'keys' checks
+    user_id and month only, 'target' adds the target column, 'features' the feature columns. For files that arrive
+    one at a time (production months); the rules across files are the caller's."""
+    out = _check_keys(df, str(path))
+    if role == "target": out += _check_target(df, str(path))
+    elif role == "features": out += _check_features(df, str(path), n_features)
+    elif role != "keys": raise ValueError(f"file_problems: role {role!r}, expected 'keys', 'target' or 'features'")
     return out
 
 # %% ../nbs/04_contract.ipynb #ccc8720b

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import io
 from .config import RAW_FILES, Params, ParamsError, load_params, paths
-from .contract import DataContractError, feature_kinds
+from .contract import DataContractError, _values, feature_kinds, file_problems
 from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec
 from .metrics import top_k_count, top_k_metrics
 from .models import predict_proba
@@ -22,9 +22,9 @@ from .monitoring import monitor_month
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 
 # %% auto #0
-__all__ = ['EXIT_RETRAIN', 'rank_scores', 'score_summary', 'ProductionError', 'read_month', 'check_features', 'month_dir',
-           'score_with', 'scorers', 'score_month', 'add_shadows', 'evaluate_month', 'promotion_decision', 'lift_on',
-           'production_months', 'deciding_month', 'record_decision', 'promote', 'main']
+__all__ = ['EXIT_RETRAIN', 'rank_scores', 'score_summary', 'ProductionError', 'read_month', 'check_features', 'check_targets',
+           'month_dir', 'score_with', 'scorers', 'score_month', 'add_shadows', 'evaluate_month', 'promotion_decision',
+           'lift_on', 'production_months', 'deciding_month', 'record_decision', 'promote', 'main']
 
 # %% ../nbs/13_production.ipynb #bc4ba2f2
 def rank_scores(keys: pd.DataFrame, probability, k_share: float) -> pd.DataFrame:
@@ -52,15 +52,30 @@ class ProductionError(RuntimeError):
     "A production command cannot go on; the message says what to do."
 
 
+def _refuse(path: str | Path, problems: list[str]) -> None:
+    "One ProductionError naming the file once and saying every problem (contract messages start with the file), or nothing."
+    if problems: raise ProductionError(f"{path}: " + "; ".join(p.removeprefix(f"{path}: ") for p in problems))
+
+
 def read_month(path: str | Path, columns: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
-    "(table, month as YYYY-MM-DD) of a one-month feather or parquet file that has `columns`."
+    """(table, month as YYYY-MM-DD) of a one-month feather or parquet file that has `columns`.
+
+    Its keys follow the training contract (`contract.file_problems`): user_id an integer, month a month-end date
+    with no time (datetime64), neither missing; with `target` among `columns`, a 0/1 target too."""
     path = Path(path)
     if not path.is_file(): raise ProductionError(f"{path}: file not found")
     readers = {".feather": pd.read_feather, ".parquet": pd.read_parquet}
     if path.suffix not in readers: raise ProductionError(f"{path}: expected a .feather or .parquet file")
-    df = readers[path.suffix](path)
+    try:
+        df = readers[path.suffix](path)
+    except Exception as e:  # truncated, corrupt, another format under this name: pyarrow's errors vary
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ProductionError(f"{path}: not a readable {path.suffix[1:]} file ({type(e).__name__}: {reason})") from None
     missing = [c for c in ("user_id", "month", *columns) if c not in df.columns]
-    if missing: raise ProductionError(f"{path}: missing column(s) {', '.join(missing)}")
+    if missing: raise ProductionError(f"{path}: missing column(s) {', '.join(missing)} "
+                                      f"(columns found: {', '.join(map(str, df.columns[:8]))}{' ...' if df.shape[1] > 8 else ''})")
+    if len(df) == 0: raise ProductionError(f"{path}: empty file (0 rows)")
+    _refuse(path, file_problems(df, path, "target" if TARGET in columns else "keys"))
     months = pd.to_datetime(df["month"]).dt.strftime("%Y-%m-%d").unique().tolist()
     if len(months) != 1: raise ProductionError(f"{path}: expected rows of one month, found {len(months)}: {months[:5]}")
     if df["user_id"].duplicated().any():
@@ -70,7 +85,8 @@ def read_month(path: str | Path, columns: tuple[str, ...] = ()) -> tuple[pd.Data
 
 
 def check_features(features: pd.DataFrame, spec: FeatureSpec, path: str | Path) -> None:
-    "Refuse a features table whose columns or kinds differ from the model's feature spec."
+    "Refuse a features table that breaks the contract's rules for features, or whose columns or kinds differ from the model's feature spec."
+    _refuse(path, file_problems(features, path, "features"))
     try:
         kinds = feature_kinds(features)
     except DataContractError as e:
@@ -83,6 +99,27 @@ def check_features(features: pd.DataFrame, spec: FeatureSpec, path: str | Path) 
     wrong = [f"{c} is {kinds[c]}, the model expects {k}" for c, k in expected.items() if c in kinds and kinds[c] != k]
     if wrong: problems.append("; ".join(wrong))
     if problems: raise ProductionError(f"{path}: does not match the model's features: " + "; ".join(problems))
+
+
+def check_targets(targets: pd.DataFrame, scores: pd.DataFrame, path: str | Path, min_coverage: float) -> dict:
+    """Refuse targets that match none of the month's scored users, or cover fewer than `min_coverage` of them
+    (`production.min_target_coverage`); else their coverage: scored users, how many have a target, target rows of
+    users never scored (left out of every figure)."""
+    scored, users = scores["user_id"], targets["user_id"]
+    m, n = len(scored), int(scored.isin(users).sum())
+    unmatched = ~users.isin(scored)
+    coverage = {"scored_users": m, "with_target": n, "share": n / m if m else float("nan"),
+                "unmatched_target_rows": int(unmatched.sum())}
+    month = pd.Timestamp(scores["month"].iloc[0]).strftime("%Y-%m-%d") if m else "this month"
+    if n == 0:
+        raise ProductionError(f"{path}: column 'user_id': none of its {len(targets)} users was scored in {month} "
+                              f"({m} users scored, e.g. {_values(scored)}; found e.g. {_values(users)}): "
+                              "expected the targets of the users score-month scored")
+    if n / m < min_coverage:
+        raise ProductionError(f"{path}: targets for {n} of the {m} users scored in {month} ({n / m:.1%}), "
+                              f"expected at least {min_coverage:.0%} (production.min_target_coverage); "
+                              f"{coverage['unmatched_target_rows']} target rows match no scored user")
+    return coverage
 
 # %% ../nbs/13_production.ipynb #ee019d79
 def month_dir(month: str, root: str | Path | None = None) -> Path:
@@ -195,6 +232,7 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
                               f"run `devchange score-month --features <that month's features>` first")
     bad = ~targets[TARGET].isin([0, 1])
     if bad.any(): raise ProductionError(f"{targets_path}: column 'target': {int(bad.sum())} rows outside {{0, 1}}")
+    check_targets(targets, pd.read_parquet(out / "scores.parquet"), targets_path, params.production.min_target_coverage)
     targets = targets[["user_id", "month", TARGET]].sort_values("user_id", kind="stable").reset_index(drop=True)
     features = pd.read_parquet(out / "features.parquet")
     if (out / "targets.parquet").is_file():

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from .features import FeatureSpec
 from .io import to_jsonable
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
-from .tracking import KEY, TrackingError, flatten, training_run
+from .tracking import KEY, TrackingError, exp_tags, flatten, training_run
 
 # %% auto #0
 __all__ = ['SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'RegisteredVersion',
@@ -93,7 +93,7 @@ def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd
         # only the promotion metric's fold aggregates: the full summary is in the training run's metrics
         tags = {**{k: repr(v) for k, v in cv.items() if k.startswith(f"cv_{PROMOTION_METRIC}_") and math.isfinite(v)},
                 "devchange.training_run": run.info.run_id, **{k: str(v) for k, v in (version_tags or {}).items()},
-                KEY: parent.data.tags[KEY], "git.commit": parent.data.tags.get("git.commit", "unknown")}
+                KEY: parent.data.tags[KEY], "git.commit": parent.data.tags.get("git.commit", "unknown"), **exp_tags()}
         with contextlib.redirect_stderr(io.StringIO()):  # register_model prints progress chatter to stderr
             version = int(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
         MlflowClient().set_registered_model_alias(model_name, CHALLENGER, str(version))

@@ -25,7 +25,7 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync  # the event loop papermill (nbclient) runs on in this thread: the kernel manager must share it
 
-from .config import ParamsError, load_params, paths, plain, read_params_yaml
+from .config import ParamsError, load_params, paths, plain, read_params_yaml, repo_root
 
 # papermill and nbformat are imported where they are used: the runner imports them while the
 # stage's kernel, started first, boots
@@ -287,8 +287,27 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
     return reports / f"{name}.ipynb"
 
 # %% ../nbs/10_stage.ipynb #bb3c85bd
+def _copy_code_first() -> dict | None:
+    """The environment that runs this command with the repository's own `devchange` first on the path, or None.
+
+    `dvc exp run --temp` and queued experiments run the pipeline in a copy of the repository (`DVC_ROOT` names the
+    one they came from). The installed package is usually the workspace's (an editable install), which may hold
+    code edited since the experiment was queued: the experiment must run the code of its copy, whose hashes DVC
+    records."""
+    if not os.environ.get("DVC_ROOT"): return None
+    try: root = repo_root()
+    except FileNotFoundError: return None  # run_stage says so
+    mine, installed = root / "devchange", Path(__file__).resolve().parent
+    if Path(os.environ["DVC_ROOT"]).resolve() == root: return None
+    if not (mine / "__init__.py").is_file() or mine.resolve() == installed: return None
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def main(argv: list[str] | None = None) -> int:
     "Command line: `devchange-stage <name>`."
+    if argv is None and (env := _copy_code_first()) is not None:  # the kernel inherits the path
+        os.execve(sys.executable, [sys.executable, "-c", "import sys; from devchange.stage import main; sys.exit(main())",
+                                   *sys.argv[1:]], env)
     atexit.register(gc.freeze)  # before MLflow loads, so it runs after MLflow's handlers: no last collection of the heap (see The kernel)
     parser = argparse.ArgumentParser(prog="devchange-stage", description="Run one pipeline stage notebook.")
     parser.add_argument("name", help="stage name in dvc.yaml (its notebook is nbs/stages/<name>.ipynb)")

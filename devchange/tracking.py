@@ -29,10 +29,11 @@ from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, PRODUCTION_SUFFIX
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'store_root', 'tracking_uri',
+           'DVC_EXP', 'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'store_root', 'tracking_uri',
            'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state',
-           'raw_data_hash', 'flatten', 'PipelineContext', 'pipeline_context', 'pipeline_run', 'log_cross_validation',
-           'run_tree', 'training_run', 'log_monitoring', 'log_production_run', 'log_stage_report']
+           'exp_tags', 'raw_data_hash', 'flatten', 'PipelineContext', 'pipeline_context', 'pipeline_run',
+           'log_cross_validation', 'run_tree', 'training_run', 'log_monitoring', 'log_production_run',
+           'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #3634fbb7
 class TrackingError(RuntimeError):
@@ -177,6 +178,7 @@ def _configured_experiment(timeout_s: float) -> str:
 # %% ../nbs/11_tracking.ipynb #e72533aa
 KIND, STAGE, KEY = "devchange.kind", "devchange.stage", "devchange.pipeline_key"
 SUPERSEDED, PARENT = "devchange.superseded", "mlflow.parentRunId"
+DVC_EXP = "devchange.dvc_exp"
 IGNORED_FOR_DIRTY = ("dvc.lock", "params.yaml", "data", "models", "reports", "mlflow.db*", "mlartifacts", "mlruns")
 
 
@@ -200,6 +202,12 @@ def git_state(root: str | Path) -> tuple[str, str]:
     if commit is None: return "unknown", "unknown"
     status = _git(Path(root), "status", "--porcelain", "--", ".", *[f":(exclude){p}" for p in IGNORED_FOR_DIRTY])
     return commit, "unknown" if status is None else str(bool(status)).lower()
+
+
+def exp_tags() -> dict[str, str]:
+    "`{DVC_EXP: name}` inside a DVC experiment (`DVC_EXP_NAME`, which `dvc exp run` sets for every stage), else {}."
+    name = os.environ.get("DVC_EXP_NAME")
+    return {DVC_EXP: name} if name else {}
 
 
 def raw_data_hash(root: str | Path) -> str:
@@ -249,7 +257,7 @@ def pipeline_context(root: str | Path | None = None) -> PipelineContext:
     tags = {KIND: "pipeline", KEY: key, "git.commit": commit, "git.dirty": dirty,
             "params.hash": parts["params"], "data.raw_hash": parts["raw_data"]}
     if commit != "unknown": tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
-    if parts["dvc_exp_name"]: tags["dvc.exp_name"] = parts["dvc_exp_name"]
+    if parts["dvc_exp_name"]: tags.update({"dvc.exp_name": parts["dvc_exp_name"], **exp_tags()})
     if parts["run_id"]: tags["devchange.run_id"] = parts["run_id"]
     return PipelineContext(key, tags, flatten(params))
 
@@ -316,7 +324,7 @@ def _supersede(client: MlflowClient, parent: mlflow.ActiveRun, stage: str) -> No
 
 
 def _child_run(client: MlflowClient, experiment_id: str, parent_id: str, name: str, tags: dict) -> str:
-    tags = {PARENT: parent_id, **{k: str(v) for k, v in tags.items()}}
+    tags = {PARENT: parent_id, **exp_tags(), **{k: str(v) for k, v in tags.items()}}
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
@@ -396,7 +404,7 @@ def training_run(params: dict, metrics: dict) -> Iterator[tuple[mlflow.ActiveRun
     client = MlflowClient()
     _supersede(client, parent, TRAIN_STAGE)
     with mlflow.start_run(run_name=TRAIN_STAGE, nested=True,
-                          tags={STAGE: TRAIN_STAGE, KIND: "training", KEY: parent.data.tags[KEY]}) as run:
+                          tags={STAGE: TRAIN_STAGE, KIND: "training", KEY: parent.data.tags[KEY], **exp_tags()}) as run:
         _log_batch(client, run.info.run_id, params=params, metrics=metrics)
         yield parent, run
 
