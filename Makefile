@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme lock promote image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme lock promote report image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nb
 
 promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
 	devchange promote
+
+report: env  ## the production report, every month at a glance: reports/production.html (+ .ipynb), logged to MLflow (devchange report)
+	devchange report
 
 SIZES ?= 20000 100000 300000 1000000
 bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)

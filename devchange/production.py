@@ -255,7 +255,7 @@ def _champion_line(decision: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "`devchange score-month | evaluate-month | promote`."
+    "`devchange score-month | evaluate-month | promote | report`."
     parser = argparse.ArgumentParser(prog="devchange", description="Monthly production with the registry's champion.")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score-month", help="score a month's features with the champion (targets unknown)")
@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--targets", required=True, help="one month of targets (.feather or .parquet)")
     e.add_argument("--fail-on-retrain", action="store_true", help=f"exit {EXIT_RETRAIN} when the verdict is retrain")
     sub.add_parser("promote", help="challenger against champion on the newest labelled month neither was trained on")
+    r = sub.add_parser("report", help="the production report, every month at a glance: reports/production.html")
+    r.add_argument("--production-dir", help="production state to read (default data/production)")
+    r.add_argument("--stream-dir", help="where months' features arrive (default data/stream)")
     args = parser.parse_args(argv)
     from devchange.tracking import TrackingError
     try:
@@ -277,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"devchange: month {doc['month']} needs retraining: " + "; ".join(doc["verdict"]["reasons"]),
                       file=sys.stderr)
                 return EXIT_RETRAIN
+        elif args.command == "report":
+            from devchange import report
+            return report.command(params, args.production_dir, args.stream_dir)
         else:
             d = promote(params)
             print(d["reason"])
