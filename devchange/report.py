@@ -432,7 +432,7 @@ def report_parameters(params, root: Path, production: str | Path | None = None, 
 
 
 def render_report(params, root: str | Path | None = None, production: str | Path | None = None,
-                  stream: str | Path | None = None, kernel: str | None = None) -> Path:
+                  stream: str | Path | None = None, kernel: str | None = None, before_render=None) -> Path:
     """Execute the report notebook into reports/production.ipynb and render reports/production.html (no code),
     as the stage reports are; both replaced only once both are written. Returns the HTML's path."""
     from devchange import stage
@@ -446,7 +446,7 @@ def render_report(params, root: str | Path | None = None, production: str | Path
         stage.check_parameters(notebook, parameters)
         stage.execute_report(notebook, parameters, reports / REPORT_NAME, root, started,
                              reports / "failed" / f"{REPORT_NAME}.ipynb", label="production report",
-                             parameters_last=True)
+                             before_render=before_render, parameters_last=True)
     finally:
         started.stop()
     return reports / f"{REPORT_NAME}.html"
@@ -473,11 +473,16 @@ def command(params, production: str | Path | None = None, stream: str | Path | N
     from devchange import stage
     from devchange.config import paths
     root = paths().root
+    # MLflow and nbconvert load in a thread while the notebook runs, as for a stage
+    setup = stage._InBackground(stage._set_up_tracking, params.tracking.timeout_s)
     try:
-        html = render_report(params, root, production, stream)
+        html = render_report(params, root, production, stream, before_render=setup.join)
     except (stage.StageError, ReportError) as e:
         print(f"devchange report: {e}", file=sys.stderr)
         return 1
+    finally:
+        setup.join()
+    setup.result()  # a tracking store that does not answer fails here, after the report is written
     run_id = log_report(html, Path(production or paths(root).production), params.tracking.model_name,
                         params.tracking.timeout_s)
     print(f"devchange report: wrote {html.relative_to(root)} and {html.with_suffix('.ipynb').relative_to(root)}; "
