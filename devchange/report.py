@@ -283,7 +283,9 @@ def _fmt(x, spec: str = ".3f") -> str:
 def answer_markdown(state: dict) -> str:
     "The report's first screen: the champion, the newest month's verdict with its reasons, what happens next, the notes."
     champ, newest, reg = state["champion"], state["newest"], state["registry"]
-    if champ is None:
+    if reg.get("error"):
+        lines = [f"**Champion: unknown**: the registry could not be read (see Notes)."]
+    elif champ is None:
         lines = [f"**Champion: none** in `{reg['model_name']}`."]
     else:
         w = champ["window"]
