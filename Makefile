@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme lock promote retrain emulate image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme lock promote retrain emulate report image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ retrain: env  ## train a challenger on the window ending at the newest labelled 
 
 emulate: run  ## production month by month over data/stream: score, evaluate, retrain, shadow, promote; prints the timeline
 	devchange emulate
+
+report: env  ## the production report, every month at a glance: reports/production.html (+ .ipynb), logged to MLflow (devchange report)
+	devchange report
 
 SIZES ?= 20000 100000 300000 1000000
 bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)

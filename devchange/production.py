@@ -382,7 +382,7 @@ def _champion_line(decision: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "`devchange score-month | evaluate-month | promote | retrain | emulate`."
+    "`devchange score-month | evaluate-month | promote | retrain | emulate | report`."
     parser = argparse.ArgumentParser(prog="devchange", description="Monthly production with the registry's champion.")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score-month", help="score a month's features with the champion, and challengers in the shadow")
@@ -394,7 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("retrain", help="train a challenger on the window ending at the newest labelled month "
                                        "(a DVC experiment retrain-YYYY-MM)")
     r.add_argument("--month", help="the labelled month the window ends at (default: the newest)")
-    sub.add_parser("emulate", help="run production month by month over data/raw's scoring month and data/stream")
+    sub.add_parser("emulate", help="run production month by month over data/stream: evaluate, promote, score, retrain")
+    r = sub.add_parser("report", help="the production report, every month at a glance: reports/production.html")
+    r.add_argument("--production-dir", help="production state to read (default data/production)")
+    r.add_argument("--stream-dir", help="where months' features arrive (default data/stream)")
     args = parser.parse_args(argv)
     from devchange.tracking import TrackingError
     from devchange.window import StoreError, WindowError
@@ -409,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"devchange: month {doc['month']} needs retraining: " + "; ".join(doc["verdict"]["reasons"]),
                       file=sys.stderr)
                 return EXIT_RETRAIN
+        elif args.command == "report":
+            from devchange import report
+            return report.command(params, args.production_dir, args.stream_dir)
         elif args.command == "promote":
             d = promote(params)
             print(d["reason"])

@@ -32,7 +32,7 @@ from .config import ParamsError, load_params, paths, plain, read_params_yaml, re
 
 # %% auto #0
 __all__ = ['KERNEL', 'FREEZE_AT_EXIT', 'StageError', 'stage_notebook', 'stage_param_keys', 'stage_parameters', 'check_parameters',
-           'strip_run_metadata', 'render_html', 'StageKernel', 'run_stage', 'main']
+           'strip_run_metadata', 'render_html', 'StageKernel', 'execute_report', 'run_stage', 'main']
 
 # %% ../nbs/10_stage.ipynb #d8409ecc
 class StageError(RuntimeError):
@@ -129,14 +129,15 @@ def strip_run_metadata(notebook: Path, root: Path) -> None:
     nbformat.write(nb, notebook)
 
 
-def render_html(notebook: Path, html: Path) -> None:
+def render_html(notebook: Path, html: Path, parameters_last: bool = False) -> None:
     """Render an executed notebook as a report page: prose, tables and plots, no code.
 
     The run's parameters stay visible: papermill's injected cell becomes a "Parameters of this
-    run" block, and the notebook's own defaults cell (all `None`) is left out."""
+    run" block (at the end with `parameters_last`, so the page opens on its first result), and
+    the notebook's own defaults cell (all `None`) is left out."""
     import nbformat
     nb = nbformat.read(notebook, as_version=4)
-    cells = []
+    cells, last = [], []
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if "parameters" in tags: continue
@@ -144,8 +145,11 @@ def render_html(notebook: Path, html: Path) -> None:
             cell = nbformat.v4.new_markdown_cell("**Parameters of this run** (from params.yaml)\n\n```python\n"
                                                  + cell.source.replace("# Parameters\n", "") + "\n```")
             cell["id"] = "injected-parameters"  # a random new id would make every rendering differ
+            if parameters_last:
+                last.append(cell)
+                continue
         cells.append(cell)
-    nb.cells = cells
+    nb.cells = cells + last
     from nbconvert import HTMLExporter  # here, not at the top: the runner imports it while the notebook runs
     body, _ = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                            exclude_output_prompt=True).from_notebook_node(nb)
@@ -239,6 +243,33 @@ def _tracking_while_running() -> bool:
     return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def execute_report(notebook: Path, parameters: dict[str, Any], out: Path, root: Path, started: StageKernel,
+                   failed: Path, label: str, before_render=None, parameters_last: bool = False) -> None:
+    """Run `notebook` with `parameters` in the `started` kernel (stopped once it ran) into `out`.ipynb and
+    `out`.html, both replaced only once both are written; a failing notebook is saved to `failed` instead.
+
+    The stage reports and the production report (`devchange.report`) are executed this one way."""
+    import papermill as pm
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-") as tmp:
+        out_nb, out_html = Path(tmp) / f"{out.name}.ipynb", Path(tmp) / f"{out.name}.html"
+        try:  # saved once at the end (and on failure), not twice per cell
+            pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name=started.name,
+                                km=started.manager, cwd=str(root), progress_bar=False,
+                                request_save_on_cell_execute=False)
+        except pm.PapermillExecutionError as e:
+            failed.parent.mkdir(exist_ok=True)
+            shutil.copyfile(out_nb, failed)
+            raise StageError(f"{label} failed: {e.ename}: {e.evalue}\n"
+                             f"  (executed notebook: {failed.relative_to(root)}; earlier reports are unchanged)") from None
+        finally:
+            started.stop()  # its memory is free while the report renders
+        strip_run_metadata(out_nb, root)
+        if before_render: before_render()
+        render_html(out_nb, out_html, parameters_last)
+        os.replace(out_nb, out.with_name(f"{out.name}.ipynb"))
+        os.replace(out_html, out.with_name(f"{out.name}.html"))
+
+
 def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -> Path:
     "Execute the stage notebook into reports/<name>.ipynb and .html; returns the executed notebook path."
     root = Path(root).resolve() if root else paths().root
@@ -250,32 +281,15 @@ def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -
     started = StageKernel(kernel, cwd=root).start()  # boots while this process imports papermill and checks the notebook
     setup = None
     try:
-        check_parameters(notebook, parameters)
-        import papermill as pm
+        check_parameters(notebook, parameters)  # imports papermill while the kernel boots
         reports = root / "reports"
         reports.mkdir(parents=True, exist_ok=True)
         failed = reports / "failed" / f"{name}.ipynb"
         timeout_s = params.tracking.timeout_s
         if _tracking_while_running(): setup = _InBackground(_set_up_tracking, timeout_s)
         else: _set_up_tracking(timeout_s)
-        with tempfile.TemporaryDirectory(dir=reports, prefix=".tmp-") as tmp:
-            out_nb, out_html = Path(tmp) / f"{name}.ipynb", Path(tmp) / f"{name}.html"
-            try:  # saved once at the end (and on failure), not twice per cell
-                pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name=kernel,
-                                    km=started.manager, cwd=str(root), progress_bar=False,
-                                    request_save_on_cell_execute=False)
-            except pm.PapermillExecutionError as e:
-                failed.parent.mkdir(exist_ok=True)
-                shutil.copyfile(out_nb, failed)
-                raise StageError(f"stage {name} failed: {e.ename}: {e.evalue}\n"
-                                 f"  (executed notebook: {failed.relative_to(root)}; earlier reports are unchanged)") from None
-            finally:
-                started.stop()  # its memory is free while the report renders
-            strip_run_metadata(out_nb, root)
-            if setup: setup.join()  # render_html's import
-            render_html(out_nb, out_html)
-            os.replace(out_nb, reports / f"{name}.ipynb")
-            os.replace(out_html, reports / f"{name}.html")
+        execute_report(notebook, parameters, reports / name, root, started, failed, f"stage {name}",
+                       before_render=setup.join if setup else None)  # render_html's import
     finally:
         started.stop()
         if setup: setup.join()

@@ -32,7 +32,7 @@ __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KI
            'DVC_EXP', 'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'store_root', 'tracking_uri',
            'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state',
            'exp_tags', 'raw_data_hash', 'flatten', 'PipelineContext', 'pipeline_context', 'pipeline_run',
-           'log_cross_validation', 'run_tree', 'training_run', 'log_monitoring', 'log_production_run',
+           'log_cross_validation', 'run_tree', 'training_run', 'log_monitoring', 'month_index', 'log_production_run',
            'log_stage_report']
 
 # %% ../nbs/11_tracking.ipynb #3634fbb7
@@ -267,10 +267,10 @@ def _param_value(v: Any) -> str:
 
 
 def _log_batch(client: MlflowClient, run_id: str, metrics: dict | None = None, params: dict | None = None,
-               tags: dict | None = None) -> None:
+               tags: dict | None = None, step: int = 0) -> None:
     "Log in one call per 100 items. NaN/inf metrics are skipped: MLflow stores NaN, but an absent value reads clearer."
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+    ms = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
           if v is not None and math.isfinite(float(v))]
     ps = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
     ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
@@ -432,9 +432,19 @@ def log_monitoring(doc: dict) -> str:
     return run_id
 
 
+def month_index(month: str) -> int:
+    "Months since 2000-01 of a YYYY-MM-DD month (2020-10-31 -> 249): the step production metrics are logged at; 0 for no month."
+    try: ts = pd.Timestamp(month)
+    except ValueError: return 0
+    return (ts.year - 2000) * 12 + ts.month - 1
+
+
 def log_production_run(command: str, month: str, model_name: str, version: int, doc: dict,
                        timeout_s: float = DEFAULT_TIMEOUT_S, metrics: dict | None = None, tags: dict | None = None) -> str:
-    "One run per (command, month, version) in `<experiment>-production`, found again on a rerun; returns its id."
+    """One run per (command, month, version) in `<experiment>-production`, found again on a rerun; returns its id.
+
+    Its metrics are logged at step `month_index(month)` and with a metric `month_index`, so MLflow's chart view
+    plots the runs of several months over months (x axis *Step*, or a scatter chart against `month_index`)."""
     configure(timeout_s, experiment=experiment_name() + PRODUCTION_SUFFIX)
     client = MlflowClient()
     exp_id = mlflow.get_experiment_by_name(experiment_name() + PRODUCTION_SUFFIX).experiment_id
@@ -443,7 +453,9 @@ def log_production_run(command: str, month: str, model_name: str, version: int, 
     found = client.search_runs([exp_id], query, max_results=1)
     run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=f"{command} {month}", tags=key).info.run_id
     if command in ("score", "evaluate") and "drift" in doc: metrics = {**_monitoring_metrics(doc), **(metrics or {})}
-    _log_batch(client, run_id, metrics=metrics or {}, tags={"devchange.model_version": str(version), **(tags or {})})
+    step = month_index(month)
+    _log_batch(client, run_id, metrics={**(metrics or {}), **({"month_index": step} if step else {})}, step=step,
+               tags={"devchange.model_version": str(version), **(tags or {})})
     client.log_dict(run_id, to_jsonable(doc), f"{command}.json")
     client.set_terminated(run_id)
     return run_id
