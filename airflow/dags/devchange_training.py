@@ -25,7 +25,7 @@ with DAG(
     start_date=datetime(2020, 10, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # one `dvc repro` per workspace at a time (DVC holds a lock)
-    default_args=settings.default_args(),
+    default_args=settings.default_args(settings.TRAINING_QUEUE),
     doc_md=__doc__,
     tags=["devchange"],
 ) as dag:
