@@ -44,10 +44,11 @@ RUN python -m venv /opt/venv \
 
 # Airflow's own environment (airflow/requirements.lock: its web and database pins never meet the
 # project's lock), for the compose services `airflow-*`; its tasks run the project's commands with
-# /opt/venv. Not on PATH: docker/airflow.sh puts it first for that service only.
+# /opt/venv. Not on PATH: docker/airflow.sh puts it first for those services only. Compiled to
+# bytecode for the same reason: each component and each task's process would compile Airflow again.
 COPY airflow/requirements.lock /tmp/airflow-requirements.lock
 RUN python -m venv --without-pip /opt/airflow-venv \
-    && uv pip sync --quiet --python /opt/airflow-venv/bin/python /tmp/airflow-requirements.lock \
+    && uv pip sync --quiet --compile-bytecode --python /opt/airflow-venv/bin/python /tmp/airflow-requirements.lock \
     && rm /tmp/airflow-requirements.lock
 
 # The project. Installed editable: a clone mounted at the same path runs its own code.

@@ -56,7 +56,7 @@ def main() -> int:
     need("MLFLOW_FLASK_SERVER_SECRET_KEY")  # signs the auth app's forms (CSRF); read by MLflow itself
     if service == admin: sys.exit("mlflow: MLFLOW_SERVICE_USERNAME must differ from the admin's name")
     host = os.environ.get("POSTGRES_ADDRESS") or "postgres:5432"
-    db = f"postgresql://mlflow:{quote(db_password, safe='')}@{host}"
+    db = f"postgresql+psycopg2://mlflow:{quote(db_password, safe='')}@{host}"
     auth_dir = tempfile.mkdtemp(prefix="mlflow-auth-")
     ini = os.path.join(auth_dir, "basic_auth.ini")
     with open(os.open(ini, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
