@@ -161,7 +161,8 @@ def _env_file(root: Path, values: dict) -> str:
     lines = [f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}"
              if "=" in line and not line.startswith("#") and line.split("=", 1)[0] in values else line
              for line in lines]
-    empty = [line for line in lines if line.endswith("=") and not line.startswith("#")]
+    empty = [k for k, v in (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+             if not v and k not in values]
     assert not empty, f"docker/new-env.sh left settings empty: {empty}"
     return "\n".join(lines) + "\n"
 
