@@ -43,11 +43,12 @@ RUN python -m venv /opt/venv \
     && rm /tmp/requirements.lock
 
 # Airflow's own environment (airflow/requirements.lock: its web and database pins never meet the
-# project's lock), for the compose service `airflow`; its tasks run the project's commands with
-# /opt/venv. Not on PATH: docker/airflow.sh puts it first for that service only.
+# project's lock), for the compose services `airflow-*`; its tasks run the project's commands with
+# /opt/venv. Not on PATH: docker/airflow.sh puts it first for those services only. Compiled to
+# bytecode for the same reason: each component and each task's process would compile Airflow again.
 COPY airflow/requirements.lock /tmp/airflow-requirements.lock
 RUN python -m venv --without-pip /opt/airflow-venv \
-    && uv pip sync --quiet --python /opt/airflow-venv/bin/python /tmp/airflow-requirements.lock \
+    && uv pip sync --quiet --compile-bytecode --python /opt/airflow-venv/bin/python /tmp/airflow-requirements.lock \
     && rm /tmp/airflow-requirements.lock
 
 # The project. Installed editable: a clone mounted at the same path runs its own code.
@@ -57,8 +58,9 @@ RUN uv pip install --quiet --python /opt/venv/bin/python --no-deps -e . \
     && python -m ipykernel install --sys-prefix --name devchange --display-name "Python (devchange)" >/dev/null \
     && rm -rf build devchange.egg-info \
     && install -m 0755 docker/entrypoint.sh /usr/local/bin/devchange-entrypoint \
-    && mkdir -p /home/devchange/mlflow /home/devchange/airflow \
-    && chown devchange:devchange /home/devchange/project /home/devchange/mlflow /home/devchange/airflow
+    && mkdir -p /home/devchange/mlflow /home/devchange/airflow /home/devchange/dvc-remote \
+    && chown devchange:devchange /home/devchange/project /home/devchange/mlflow /home/devchange/airflow \
+        /home/devchange/dvc-remote
 
 USER devchange
 # The snapshot has no .git (.dockerignore): DVC runs it without SCM. A mounted clone brings its

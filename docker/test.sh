@@ -51,7 +51,7 @@ else
     data_root=${DOCKER_DATA_ROOT:-/var/lib/docker}
     log=$(mktemp /tmp/devchange-dockerd.XXXXXX.log)
     # niced: containers inherit it, and the machine is shared
-    nice -n 10 dockerd --storage-driver=overlay2 --data-root "$data_root" >"$log" 2>&1 &
+    nice -n 15 dockerd --storage-driver=overlay2 --data-root "$data_root" >"$log" 2>&1 &
     started_pid=$!
     for _ in $(seq 60); do
         docker info >/dev/null 2>&1 && break

@@ -150,6 +150,16 @@ def test_settings_come_from_the_environment(project):
     assert all("DEVCHANGE_RETRIES='three'" in e for e in broken["import_errors"].values()), broken["import_errors"]
 
 
+def test_training_and_monthly_tasks_have_their_own_queues(project):
+    "The team stack's routing: training to the workspace's worker, monthly tasks to any (DEVCHANGE_QUEUE: both)."
+    dags = driver(project, "dags", DEVCHANGE_QUEUE="both", DEVCHANGE_TRAINING_QUEUE="training")[0]["dags"]
+    assert {t["queue"] for t in dags[TRAINING]["tasks"]} == {"training"}
+    assert {t["queue"] for t in dags[MONTHLY]["tasks"]} == {"both"}
+    dags = driver(project, "dags", DEVCHANGE_MONTHLY_QUEUE="monthly")[0]["dags"]
+    assert {t["queue"] for t in dags[TRAINING]["tasks"]} == {"default"}  # Airflow's default queue
+    assert {t["queue"] for t in dags[MONTHLY]["tasks"]} == {"monthly"}
+
+
 def test_month_of_a_logical_date():
     sys.path.insert(0, str(DAGS))
     try:

@@ -42,7 +42,7 @@ with DAG(
     start_date=datetime(2020, 9, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # months in order: evaluating a month needs the run that scored it
-    default_args=settings.default_args(),
+    default_args=settings.default_args(settings.MONTHLY_QUEUE),
     user_defined_macros={"month_end": settings.month_end, "previous_month_end": settings.previous_month_end},
     doc_md=__doc__,
     tags=["devchange"],

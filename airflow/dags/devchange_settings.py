@@ -16,6 +16,8 @@ scheduler, workers), with a default that works in a fresh clone started by `make
 | DEVCHANGE_MONTHLY_CRON          | 0 6 1 * *                         | when a month's production run starts     |
 | DEVCHANGE_RETRAIN_TRIGGERS_TRAINING | true                          | a `retrain` verdict triggers training    |
 | DEVCHANGE_QUEUE                 | unset: Airflow's default queue    | executor queue of every task             |
+| DEVCHANGE_TRAINING_QUEUE        | DEVCHANGE_QUEUE                   | queue of the training DAG's tasks        |
+| DEVCHANGE_MONTHLY_QUEUE         | DEVCHANGE_QUEUE                   | queue of the monthly DAG's tasks         |
 
 Tasks run the project's own commands (`dvc`, `devchange`) in the project's environment, in
 the project root; nothing of the pipeline is written here.
@@ -71,15 +73,19 @@ TRAINING_SCHEDULE = os.environ.get("DEVCHANGE_TRAINING_SCHEDULE") or None
 MONTHLY_CRON = os.environ.get("DEVCHANGE_MONTHLY_CRON") or "0 6 1 * *"
 RETRAIN_TRIGGERS_TRAINING = _flag("DEVCHANGE_RETRAIN_TRIGGERS_TRAINING", True)
 QUEUE = os.environ.get("DEVCHANGE_QUEUE") or None  # e.g. the one worker that holds the workspace
+# Celery queues: a pipeline run's stages share one workspace, so training goes to the worker(s) that hold
+# it; the monthly commands need only the registry and the month's files, so any worker may run them
+TRAINING_QUEUE = os.environ.get("DEVCHANGE_TRAINING_QUEUE") or QUEUE
+MONTHLY_QUEUE = os.environ.get("DEVCHANGE_MONTHLY_QUEUE") or QUEUE
 
 TRAINING_DAG_ID = "devchange_training"
 MONTHLY_DAG_ID = "devchange_monthly"
 
 
-def default_args() -> dict:
-    "Retries, timeout and queue of every task, from the environment."
+def default_args(queue: str | None = QUEUE) -> dict:
+    "Retries, timeout and queue (`queue`, else Airflow's default) of every task, from the environment."
     args = {"owner": "devchange", "retries": RETRIES, "retry_delay": RETRY_DELAY, "execution_timeout": TASK_TIMEOUT}
-    if QUEUE: args["queue"] = QUEUE
+    if queue: args["queue"] = queue
     return args
 
 

@@ -27,7 +27,7 @@ with DAG(
     start_date=datetime(2020, 9, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # one DVC experiment per workspace at a time
-    default_args=settings.default_args(),
+    default_args=settings.default_args(settings.TRAINING_QUEUE),
     doc_md=__doc__,
     tags=["devchange"],
 ) as dag:

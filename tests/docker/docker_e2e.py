@@ -11,6 +11,7 @@ the image's default command through `make image-run`, in the background, while `
 build` and `up` bring the stack, its pipeline service runs against the stack's MLflow, `make
 promote` runs from the host against it and the MLflow store survives a restart; then the default
 run's outputs are checked. Timings are printed at the end, never asserted."""
+import hashlib
 import json
 import os
 import shlex
@@ -31,6 +32,9 @@ from mlflow import MlflowClient
 from conftest import BIN, TINY, copy_project, env, free_port, update_params
 
 COMPOSE = shlex.split(os.environ.get("DEVCHANGE_COMPOSE", "docker-compose"))
+# docker-compose v1 gives up on an engine that takes over 60 s to answer (a stop of several containers
+# on a busy machine): wait longer
+os.environ.setdefault("COMPOSE_HTTP_TIMEOUT", "600")
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "python:3.11-slim")
 CA_BUNDLE = Path(os.environ.get("DEVCHANGE_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 IMAGE = "devchange:test"
@@ -38,7 +42,7 @@ RUN = uuid.uuid4().hex[:8]
 PROJECT = "/home/devchange/project"  # the project folder in the image (Dockerfile's WORKDIR)
 # the image's user: the host user, or uid 1000 when the tests run as root (the copy is handed to it)
 UID = os.getuid() or 1000
-BUILD_TIMEOUT_S, RUN_TIMEOUT_S, START_TIMEOUT_S = 1800, 1800, 180
+BUILD_TIMEOUT_S, RUN_TIMEOUT_S, START_TIMEOUT_S = 1800, 1800, 420
 MODEL = "devchange"  # params.yaml tracking.model_name
 # what .dockerignore keeps out of the image: environments, stores, outputs, local secrets
 DECOYS = [".venv/bin/decoy", ".venv-airflow/bin/decoy", "airflow/home/airflow.db", "mlflow.db", "mlartifacts/1/decoy", "mlruns/decoy", "data/raw/decoy.feather",
@@ -152,25 +156,40 @@ def test_build_context_keeps_environments_stores_outputs_and_secrets_out(image):
             "data/external/.gitkeep", "reports/metrics/cv.json"} <= set(listed)
 
 
-def test_compose_file_needs_its_settings_named(project):
-    "Without config/.env, compose names the setting and the file instead of starting half configured."
-    p = sh(COMPOSE + ["config", "-q"], project.root, check=False,
-           extra_env={"COMPOSE_PROJECT_NAME": f"devchange-test-{RUN}"})
-    assert p.returncode != 0
-    assert "config/.env" in p.stdout + p.stderr and "GIT_CONFIG_USER_NAME" in p.stdout + p.stderr
-
-
-def _write_env(root: Path, values: dict) -> None:
-    "config/.env from config/.env.example with `values`, linked as .env, as the README says."
-    example = (root / "config/.env.example").read_text().splitlines()
-    keys = {line.split("=", 1)[0] for line in example if "=" in line and not line.startswith("#")}
+def _env_file(root: Path, values: dict) -> str:
+    "config/.env as the README makes it (docker/new-env.sh: random secrets), with `values` set."
+    lines = sh([str(root / "docker/new-env.sh")], root).stdout.splitlines()
+    keys = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
     assert set(values) <= keys, f"settings missing from config/.env.example: {set(values) - keys}"
     lines = [f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}"
              if "=" in line and not line.startswith("#") and line.split("=", 1)[0] in values else line
-             for line in example]
-    (root / "config/.env").write_text("\n".join(lines) + "\n")
+             for line in lines]
+    empty = [k for k, v in (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+             if not v and k not in values]
+    assert not empty, f"docker/new-env.sh left settings empty: {empty}"
+    return "\n".join(lines) + "\n"
+
+
+def test_compose_file_needs_its_secrets_named(project, tmp_path):
+    "No config/.env, or one secret missing from it: compose names it and the file instead of starting."
+    for missing in (None, "REDIS_PASSWORD", "MLFLOW_SERVICE_PASSWORD"):
+        env_file = tmp_path / "env"
+        text = _env_file(project.root, {missing: ""} if missing else {}) if missing else "UNRELATED=1\n"
+        env_file.write_text(text)
+        p = sh(COMPOSE + ["--env-file", str(env_file), "config", "-q"], project.root, check=False,
+               extra_env={"COMPOSE_PROJECT_NAME": f"devchange-test-{RUN}"})
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "config/.env" in out, out
+        if missing: assert f"set {missing} in config/.env" in out, out
+
+
+def _write_env(root: Path, values: dict) -> dict:
+    "config/.env (docker/new-env.sh with `values`), linked as .env, as the README says; returns its settings."
+    text = _env_file(root, values)
+    (root / "config/.env").write_text(text)
     (root / ".env").unlink(missing_ok=True)
     (root / ".env").symlink_to("config/.env")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
 def _hand_over(root: Path, uid: int) -> None:
@@ -181,38 +200,86 @@ def _hand_over(root: Path, uid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
 
 
+SERVICES_IMAGE = "devchange-services:test"
+# every service but the one-off pipeline (airflow-init runs as the others' dependency)
+LONG_RUNNING = ["postgres", "redis", "mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "airflow-training-worker", "airflow-worker", "jupyter"]
+
+
 @pytest.fixture(scope="module")
 def stack(project, image, default_run_started):
-    "`docker-compose build` and `up` of MLflow and JupyterLab in the copy, torn down at the end."
+    """The team stack: `docker-compose build`, then `up -d` of every service with two general Airflow
+    workers, in the copy; torn down with its volumes at the end. The test process tracks to its MLflow
+    as the service account (MLFLOW_TRACKING_USERNAME / _PASSWORD, as the README says)."""
     root = project.root
-    mlflow_port, jupyter_port, airflow_port = free_port(), free_port(), free_port()
-    token, airflow_password = uuid.uuid4().hex, uuid.uuid4().hex
-    _write_env(root, {"GIT_CONFIG_USER_NAME": "devchange test", "GIT_CONFIG_EMAIL": "test@example.invalid",
-                      "JUPYTER_TOKEN": token, "MLFLOW_PORT": mlflow_port, "JUPYTER_PORT": jupyter_port,
-                      "AIRFLOW_PORT": airflow_port, "AIRFLOW_ADMIN_PASSWORD": airflow_password,
-                      "DEVCHANGE_UID": UID, "BASE_IMAGE": BASE_IMAGE, "DEVCHANGE_IMAGE": IMAGE})
+    ports = {k: free_port() for k in ("MLFLOW_PORT", "JUPYTER_PORT", "AIRFLOW_PORT", "POSTGRES_PORT", "REDIS_PORT")}
+    settings = _write_env(root, {**ports, "GIT_CONFIG_USER_NAME": "devchange test", "GIT_CONFIG_EMAIL": "test@example.invalid",
+                                 "DEVCHANGE_UID": UID, "BASE_IMAGE": BASE_IMAGE, "DEVCHANGE_IMAGE": IMAGE,
+                                 "DEVCHANGE_SERVICES_IMAGE": SERVICES_IMAGE,
+                                 "DEVCHANGE_RETRIES": 0})  # the monthly run unpausing schedules fails at once
     _hand_over(root, UID)
-    compose = COMPOSE + ["-p", f"devchange-test-{RUN}"]
+    name = f"devchange-test-{RUN}"
+    compose = COMPOSE + ["-p", name]
     logs = lambda: sh(compose + ["logs", "--no-color", "--tail", "40"], root, check=False).stdout
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"] = settings["MLFLOW_SERVICE_USERNAME"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = settings["MLFLOW_SERVICE_PASSWORD"]
     try:
         sh(compose + ["config", "-q"], root)
-        timed("docker-compose build (layers of make image)", compose + ["build"], cwd=root, timeout=BUILD_TIMEOUT_S)
-        timed("docker-compose up -d mlflow jupyter airflow", compose + ["up", "-d", "mlflow", "jupyter", "airflow"],
-              cwd=root, timeout=START_TIMEOUT_S + 60)
-        uri = f"http://127.0.0.1:{mlflow_port}"
-        wait_for(f"{uri}/health", "the MLflow service", logs)
-        yield SimpleNamespace(root=root, compose=compose, uri=uri, logs=logs, token=token, commit=project.commit,
-                              jupyter=f"http://127.0.0.1:{jupyter_port}", airflow=f"http://127.0.0.1:{airflow_port}",
-                              airflow_password=airflow_password)
+        timed("docker-compose build (project image: layers of make image; services image)", compose + ["build"],
+              cwd=root, timeout=BUILD_TIMEOUT_S)
+        size = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", SERVICES_IMAGE]).stdout)
+        FACTS["services image"] = f"{SERVICES_IMAGE} (PostgreSQL 15, Redis) from {BASE_IMAGE}, {size / 1e9:.2f} GB"
+        start = time.monotonic()
+        sh(compose + ["up", "-d", "--scale", "airflow-worker=2", *LONG_RUNNING], cwd=root, timeout=START_TIMEOUT_S + 60)
+        uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+        s = SimpleNamespace(root=root, compose=compose, name=name, uri=uri, logs=logs, settings=settings,
+                            token=settings["JUPYTER_TOKEN"], commit=project.commit,
+                            jupyter=f"http://127.0.0.1:{ports['JUPYTER_PORT']}",
+                            airflow=f"http://127.0.0.1:{ports['AIRFLOW_PORT']}",
+                            airflow_password=settings["AIRFLOW_ADMIN_PASSWORD"])
+        _wait_for_mlflow(s)
+        _airflow_session(s)
+        TIMES["stack start (up -d until MLflow's service account works and Airflow is healthy)"] = time.monotonic() - start
+        yield s
     finally:
         print(logs())  # shown by pytest when a test failed
         sh(compose + ["down", "-v", "--remove-orphans"], root, check=False, timeout=300)
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 
-def test_services_publish_on_the_loopback_address_only(stack):
-    for service, port in (("mlflow", 5000), ("jupyter", 8888), ("airflow", 8080)):
-        published = sh(stack.compose + ["port", service, str(port)], stack.root).stdout.strip()
-        assert published.startswith("127.0.0.1:"), f"{service}: published on {published}"
+def _wait_for_mlflow(stack) -> None:
+    "Until the service account's request succeeds (the server creates the account once it is up)."
+    auth = (stack.settings["MLFLOW_SERVICE_USERNAME"], stack.settings["MLFLOW_SERVICE_PASSWORD"])
+    wait_for(f"{stack.uri}/api/2.0/mlflow/experiments/search?max_results=1", "MLflow's service account", stack.logs,
+             auth=auth)
+
+
+def _containers(stack, service: str | None = None) -> list[dict]:
+    "docker inspect of the stack's running containers (of one service)."
+    filters = ["--filter", f"label=com.docker.compose.project={stack.name}"]
+    if service: filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    ids = sh(["docker", "ps", "-q", *filters]).stdout.split()
+    return json.loads(sh(["docker", "inspect", *ids]).stdout) if ids else []
+
+
+def test_host_ports_are_on_the_loopback_address_only(stack):
+    "Every port any container of the stack publishes, and the host's sockets behind them, are on 127.0.0.1."
+    published = {}
+    for c in _containers(stack):
+        for port, bindings in (c["NetworkSettings"]["Ports"] or {}).items():
+            for b in bindings or []:
+                published[(c["Config"]["Labels"]["com.docker.compose.service"], port)] = (b["HostIp"], int(b["HostPort"]))
+    services = {service for service, _ in published}
+    assert {"postgres", "redis", "mlflow", "airflow-apiserver", "jupyter"} == services, published
+    assert {ip for ip, _ in published.values()} == {"127.0.0.1"}, published
+    host_ports = {port for _, port in published.values()}
+    listening = [line.split()[3] for line in sh(["ss", "-Hltn"]).stdout.splitlines()]
+    behind = [a for a in listening if int(a.rsplit(":", 1)[1]) in host_ports]
+    assert behind and all(a.startswith("127.0.0.1:") for a in behind), behind
+    FACTS["published"] = ", ".join(f"{s} {ip}:{p}" for (s, _), (ip, p) in sorted(published.items()))
 
 
 def test_jupyter_lab_needs_the_token_and_offers_the_project_kernel(stack):
@@ -244,6 +311,8 @@ def test_pipeline_service_tracks_its_runs_and_registers_the_model(stack, pipelin
     assert len(parents) == 1
     # the clone is mounted with its .git: the run knows the commit it ran
     assert parents[0].data.tags["git.commit"] == stack.commit
+    # artifacts go through the server (proxied), never to a path the client would need
+    assert parents[0].info.artifact_uri.startswith("mlflow-artifacts:/"), parents[0].info.artifact_uri
     reports = {a.path for a in client.list_artifacts(parents[0].info.run_id, "reports")}
     assert {"reports/train.html", "reports/score.html"} <= reports
     versions = client.search_model_versions(f"name='{MODEL}'")
@@ -256,15 +325,36 @@ def test_pipeline_service_tracks_its_runs_and_registers_the_model(stack, pipelin
     assert (stack.root / "data/predictions/scoring.parquet").stat().st_uid == UID
 
 
-def test_make_promote_from_the_host_moves_the_champion_on_the_server(stack, pipeline):
-    "The workflow's last step on main, against the stack's server."
+def test_mlflow_refuses_anonymous_requests_and_the_service_account_owns_the_runs(stack, pipeline):
+    search = f"{stack.uri}/api/2.0/mlflow/experiments/search?max_results=5"
+    assert requests.get(search, timeout=30).status_code == 401  # anonymous
+    assert requests.get(search, auth=(stack.settings["MLFLOW_SERVICE_USERNAME"], "wrong"), timeout=30).status_code == 401
+    assert requests.get(search, auth=("admin", "admin"), timeout=30).status_code == 401  # MLflow's default admin
+    assert requests.get(f"{stack.uri}/health", timeout=30).status_code == 200  # the one open route
+    # the admin sees who may do what: the service account created the experiment and the model, so manages them
+    admin = ("admin", stack.settings["MLFLOW_ADMIN_PASSWORD"])
+    user = stack.settings["MLFLOW_SERVICE_USERNAME"]
+    experiment = pipeline.get_experiment_by_name("devchange").experiment_id
+    for kind, resource in (("experiment", experiment), ("registered_model", MODEL)):
+        r = requests.get(f"{stack.uri}/api/3.0/mlflow/users/permissions/get", auth=admin, timeout=30,
+                         params={"username": user, "resource_type": kind, "resource_id": resource})
+        assert r.status_code == 200 and r.json()["permission"] == "MANAGE", (kind, r.status_code, r.text[:500])
+
+
+@pytest.fixture(scope="module")
+def promoted(stack, pipeline):
+    "`make promote` from the host, against the stack's server as the service account."
     venv = stack.root / ".venv"  # the copy runs with the test's environment (-o: never reinstalled into it)
     if venv.is_dir() and not venv.is_symlink(): shutil.rmtree(venv)  # the decoy
     if not venv.exists(): venv.symlink_to(BIN.parent)
-    p = timed("make promote", ["make", "-o", ".venv/.installed", "promote"], cwd=stack.root,
-              extra_env={"MLFLOW_TRACKING_URI": stack.uri})
+    return timed("make promote", ["make", "-o", ".venv/.installed", "promote"], cwd=stack.root,
+                 extra_env={"MLFLOW_TRACKING_URI": stack.uri})
+
+
+def test_make_promote_from_the_host_moves_the_champion_on_the_server(stack, pipeline, promoted):
+    "The workflow's last step on main, against the stack's server."
     challenger = pipeline.get_registered_model(MODEL).aliases["challenger"]
-    assert f"champion: v{challenger}" in p.stdout, p.stdout
+    assert f"champion: v{challenger}" in promoted.stdout, promoted.stdout
     assert pipeline.get_registered_model(MODEL).aliases.get("champion") == challenger
     # the champion's files come back through the server's artifact proxy
     mlflow.set_tracking_uri(stack.uri)
@@ -294,11 +384,12 @@ def _airflow_session(stack) -> requests.Session:
     return s
 
 
-def test_airflow_service_runs_the_training_dag_on_the_clone(stack, pipeline):
-    """The Airflow service parses the clone's DAGs and its scheduler runs the training DAG: one task per
-    stage, each `dvc repro --single-item` with the image's project environment. The pipeline service
-    has just run them all, so DVC skips every stage."""
-    s = _airflow_session(stack)
+def _hostnames(stack, service: str) -> set[str]:
+    return {c["Config"]["Hostname"] for c in _containers(stack, service)}
+
+
+def _run_dag(stack, s: requests.Session, dag_id: str, logical_date: str | None) -> tuple[str, dict, str]:
+    "Unpause `dag_id`, trigger a run, wait for its end; (state, task instances by id, run URL)."
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         dags = s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"]
@@ -307,37 +398,120 @@ def test_airflow_service_runs_the_training_dag_on_the_clone(stack, pipeline):
         time.sleep(2)
     errors = s.get(f"{stack.airflow}/api/v2/importErrors", timeout=30).json()
     assert errors["total_entries"] == 0, errors
-    assert all(d["is_paused"] for d in dags)  # nothing runs before someone says so
-    dag = f"{stack.airflow}/api/v2/dags/devchange_training"
+    dag = f"{stack.airflow}/api/v2/dags/{dag_id}"
     assert s.patch(dag, json={"is_paused": False}, timeout=30).ok
     started = time.monotonic()
-    r = s.post(f"{dag}/dagRuns", json={"logical_date": None}, timeout=30)
+    r = s.post(f"{dag}/dagRuns", json={"logical_date": logical_date}, timeout=30)
     assert r.ok, r.text
     run = f"{dag}/dagRuns/{r.json()['dag_run_id']}"
     while (state := s.get(run, timeout=30).json()["state"]) not in ("success", "failed"):
-        assert time.monotonic() - started < AIRFLOW_RUN_TIMEOUT_S, f"training DAG run still {state}\n{stack.logs()}"
+        assert time.monotonic() - started < AIRFLOW_RUN_TIMEOUT_S, f"{dag_id} run still {state}\n{stack.logs()}"
         time.sleep(3)
-    TIMES["Airflow service: training DAG run (all stages up to date)"] = time.monotonic() - started
-    tis = {t["task_id"]: t["state"] for t in s.get(f"{run}/taskInstances", timeout=30).json()["task_instances"]}
+    TIMES[f"Airflow: {dag_id} run"] = time.monotonic() - started
+    tis = {t["task_id"]: t for t in s.get(f"{run}/taskInstances", timeout=30).json()["task_instances"]}
+    return state, tis, run
+
+
+def _log(s: requests.Session, run: str, task: str) -> str:
+    log = s.get(f"{run}/taskInstances/{task}/logs/1", params={"full_content": "true"}, timeout=30).json()["content"]
+    return "\n".join(json.dumps(e) if isinstance(e, dict) else str(e) for e in log)
+
+
+@pytest.fixture(scope="module")
+def training_run(stack, pipeline):
+    """The training DAG, run by the scheduler through Celery: one task per stage, each `dvc repro
+    --single-item` on the training queue. The pipeline service has just run them all: DVC skips each."""
+    s = _airflow_session(stack)
+    dags = s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"]
+    assert all(d["is_paused"] for d in dags)  # nothing runs before someone says so
+    state, tis, run = _run_dag(stack, s, "devchange_training", None)
+    return SimpleNamespace(session=s, state=state, tis=tis, run=run)
+
+
+def test_training_dag_runs_its_tasks_on_the_training_worker(stack, training_run):
+    s, tis, run = training_run.session, training_run.tis, training_run.run
     stages = list(yaml.safe_load((stack.root / "dvc.yaml").read_text())["stages"])
-    assert state == "success" and tis == {stage: "success" for stage in stages}, (state, tis, stack.logs())
-    log = s.get(f"{run}/taskInstances/train/logs/1", params={"full_content": "true"}, timeout=30).json()["content"]
-    text = "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in log)
+    assert training_run.state == "success" and {k: t["state"] for k, t in tis.items()} == {k: "success" for k in stages}, \
+        (training_run.state, {k: t["state"] for k, t in tis.items()}, stack.logs())
+    hosts = _hostnames(stack, "airflow-training-worker")
+    assert len(hosts) == 1
+    assert {t["hostname"] for t in tis.values()} == hosts and {t["queue"] for t in tis.values()} == {"training"}
+    text = _log(s, run, "train")
     assert "Stage 'train' didn't change, skipping" in text, text[-3000:]
-    FACTS["Airflow service"] = f"{len(tis)} tasks of devchange_training succeeded in the container"
+    assert next(iter(hosts)) in text, text[-3000:]  # the log says which worker ran it
+    FACTS["Airflow training DAG"] = f"{len(tis)} tasks succeeded on the training worker {next(iter(hosts))}"
 
 
-def test_tracking_store_survives_a_restart_of_the_stack(stack, pipeline):
-    before = {r.info.run_id for r in pipeline.search_runs([pipeline.get_experiment_by_name("devchange").experiment_id])}
-    aliases = pipeline.get_registered_model(MODEL).aliases
-    sh(stack.compose + ["down"], stack.root, timeout=300)  # containers go, the mlflow-store volume stays
-    timed("docker-compose up -d mlflow (restart)", stack.compose + ["up", "-d", "mlflow"], cwd=stack.root,
-          timeout=START_TIMEOUT_S + 60)
-    wait_for(f"{stack.uri}/health", "the restarted MLflow service", stack.logs)
-    client = MlflowClient(stack.uri)
-    after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("devchange").experiment_id])}
-    assert after == before and len(after) > 0
-    assert client.get_registered_model(MODEL).aliases == aliases
+def test_monthly_dag_scores_a_month_on_a_general_worker(stack, training_run, promoted):
+    "October 2020 with the champion: scored on one of the two general workers, never the training worker."
+    s = training_run.session
+    state, tis, run = _run_dag(stack, s, "devchange_monthly", "2020-10-01T00:00:00Z")
+    assert state == "success", ({k: t["state"] for k, t in tis.items()}, _log(s, run, "score_month")[-3000:])
+    assert tis["score_month"]["state"] == "success" and tis["evaluate_previous_month"]["state"] == "skipped"
+    general = _hostnames(stack, "airflow-worker")
+    assert len(general) == 2  # --scale airflow-worker=2
+    assert tis["score_month"]["hostname"] in general and tis["score_month"]["queue"] == "default"
+    assert tis["score_month"]["hostname"] not in _hostnames(stack, "airflow-training-worker")
+    assert tis["score_month"]["hostname"] in _log(s, run, "score_month")
+    assert (stack.root / "data/production/2020-10-31").is_dir()
+    FACTS["Airflow monthly DAG"] = f"score_month of 2020-10 on {tis['score_month']['hostname']}"
+
+
+def _state(stack, client: MlflowClient, s: requests.Session) -> dict:
+    experiment = client.get_experiment_by_name("devchange").experiment_id
+    return {"runs": {r.info.run_id for r in client.search_runs([experiment])},
+            "versions": {v.version for v in client.search_model_versions(f"name='{MODEL}'")},
+            "aliases": client.get_registered_model(MODEL).aliases,
+            "dag runs": {(r["dag_id"], r["dag_run_id"], r["state"]) for dag in AIRFLOW_DAGS
+                         for r in s.get(f"{stack.airflow}/api/v2/dags/{dag}/dagRuns", timeout=30).json()["dag_runs"]}}
+
+
+def test_restarting_postgres_mlflow_and_the_scheduler_keeps_every_record(stack, pipeline, promoted, training_run):
+    s = training_run.session
+    before = _state(stack, pipeline, s)
+    assert before["runs"] and before["versions"] and "champion" in before["aliases"] and before["dag runs"]
+    timed("docker-compose restart postgres mlflow airflow-scheduler",
+          stack.compose + ["restart", "postgres", "mlflow", "airflow-scheduler"], cwd=stack.root, timeout=300)
+    _wait_for_mlflow(stack)
+    s = _airflow_session(stack)
+    assert _state(stack, MlflowClient(stack.uri), s) == before
+
+
+def _cached_outs(root: Path) -> list[str]:
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return [next(iter(o)) if isinstance(o, dict) else o for st in stages.values() for kind in ("outs", "metrics")
+            for o in st.get(kind, []) if not (isinstance(o, dict) and next(iter(o.values())).get("cache") is False)]
+
+
+def _hashes(root: Path, outs: list[str]) -> dict[str, str]:
+    files = {}
+    for out in outs:
+        p = root / out
+        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
+            if f.is_file(): files[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return files
+
+
+def test_dvc_push_in_one_container_and_pull_in_a_fresh_clone_give_identical_files(stack, pipeline, tmp_path_factory):
+    root = stack.root
+    p = sh(stack.compose + ["run", "-T", "--rm", "pipeline", "dvc", "push"], root, timeout=600)
+    assert "pushed" in p.stdout + p.stderr, p.stdout + p.stderr
+    # the clone belongs to the containers' user: git (and the upload-pack of a clone) may read it anyway
+    trust = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    sh(git + ["commit", "-qm", "the tiny run", "dvc.lock"], root, extra_env=trust)  # what a person pushes after dvc push
+    fresh = tmp_path_factory.mktemp("fresh-clone") / "devchange"
+    sh(git + ["clone", "-q", str(root), str(fresh)], extra_env=trust)
+    _hand_over(fresh.parent, UID)
+    inside = "/home/devchange/fresh"
+    timed("dvc pull in a fresh clone", stack.compose + ["run", "-T", "--rm", "-v", f"{fresh}:{inside}", "-w", inside,
+                                                         "pipeline", "sh", "-c", "dvc pull && dvc status"],
+          cwd=root, timeout=600)
+    outs = _cached_outs(root)
+    pulled, original = _hashes(fresh, outs), _hashes(root, outs)
+    assert pulled == original and len(pulled) >= len(outs), set(pulled.items()) ^ set(original.items())
+    assert "url = /home/devchange/dvc-remote" in (fresh / ".dvc/config.local").read_text()
+    FACTS["DVC remote"] = f"{len(pulled)} files pushed from the clone and pulled into a fresh clone, identical"
 
 
 @pytest.fixture(scope="module")
