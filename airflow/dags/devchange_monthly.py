@@ -8,7 +8,8 @@ date is the start of the month it covers, and the run starts once that month is 
 1. `evaluate_previous_month`: when the previous month's targets have arrived
    (`<stream>/<previous month>/targets.feather`), `devchange evaluate-month`: performance,
    drift and the verdict for the champion's list and every shadow list; the month joins the
-   labelled store (DVC). Not arrived: the task is **skipped** and its log says so.
+   labelled store (DVC). Not arrived, or the month was not scored here (the first month a DAG
+   runs): the task is **skipped** and its log says so.
 2. `promote`: `devchange promote` compares challenger and champion on the newest month with
    targets that both scored blind, and moves `champion` only if the challenger wins.
 3. `score_month`: `devchange score-month` on `<stream>/<month>/features.feather` with the
@@ -55,6 +56,10 @@ with DAG(
             f'targets="{settings.STREAM_DIR}/{PREVIOUS}/targets.feather"\n'
             f'if [ ! -e "$targets" ]; then\n'
             f'  echo "targets of {PREVIOUS} have not arrived ($targets): evaluation skipped"\n'
+            f'  exit 99\n'
+            f'fi\n'
+            f'if [ ! -e "data/production/{PREVIOUS}/scores.parquet" ]; then\n'
+            f'  echo "{PREVIOUS} was not scored here (no data/production/{PREVIOUS}/): nothing to evaluate"\n'
             f'  exit 99\n'
             f'fi\n'
             f'devchange evaluate-month --targets "$targets"'),
