@@ -2,8 +2,8 @@
 
 The README's walk-through, with `devchange report` / `make report` at each point a person would look:
 1. after `dvc repro` and before `make promote`: a registry with no champion;
-2. after `make promote`, `score-month` and `evaluate-month` of October: one month;
-3. after `score-month` of November (targets not in yet) and a December whose features are refused:
+2. after `make promote`, `score-month` and `evaluate-month` of September: one month;
+3. after `score-month` of October (targets not in yet) and a November whose features are refused:
    the three clear lines, and every figure on the page equal to the monitoring file it came from.
 The final page is also rendered by headless Chromium, and the screenshot must not be blank."""
 import html as htmllib
@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, copy_project, run, update_params
 
-STREAM = ("2020-10-31", "2020-11-30")
+STREAM = ("2020-09-30", "2020-10-31")
+REFUSED = "2020-11-30"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -33,7 +34,8 @@ def _page(root) -> str:
 def walk(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("report") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
     os.symlink(ROOT / ".venv", root / ".venv")  # `make report` runs in the project's environment
-    update_params(root, {**TINY, "promotion.floor": 0.0})  # tiny data: no fold may fall below a floor by chance
+    update_params(root, {**TINY, "promotion.floor": 0.0,  # tiny data: no fold may fall below a floor by chance
+                         "generate.stream_months": 1})  # data/stream: September and October
     run(["git", "commit", "-qam", "tiny params"], root)
     sh = lambda *cmd, check=True: run(list(cmd), root, check=check)
     out = {"root": root, "sh": sh}
@@ -44,11 +46,11 @@ def walk(tmp_path_factory):
     sh("devchange", "evaluate-month", "--targets", f"data/stream/{STREAM[0]}/targets.feather")
     out["one_month"] = (sh("make", "report"), _page(root))
     sh("devchange", "score-month", "--features", f"data/stream/{STREAM[1]}/features.feather")
-    december = root / "data" / "stream" / "2020-12-31"
-    december.mkdir()
+    refused = root / "data" / "stream" / REFUSED
+    refused.mkdir()
     features = pd.read_feather(root / f"data/stream/{STREAM[1]}/features.feather")
-    features.assign(month=pd.Timestamp("2020-12-31")).drop(columns=["feature_3"]).to_feather(december / "features.feather")
-    out["refused"] = sh("devchange", "score-month", "--features", str(december / "features.feather"), check=False)
+    features.assign(month=pd.Timestamp(REFUSED)).drop(columns=["feature_3"]).to_feather(refused / "features.feather")
+    out["refused"] = sh("devchange", "score-month", "--features", str(refused / "features.feather"), check=False)
     out["final"] = (sh("make", "report"), _page(root))
     return out
 
@@ -132,10 +134,10 @@ def test_every_figure_shown_equals_the_monitoring_file(walk):
 def test_a_month_without_targets_and_a_refused_month_are_clear_lines(walk):
     refused, text = walk["refused"], _text(walk["final"][1])
     assert refused.returncode == 1 and "missing feature column(s) feature_3" in refused.stderr
-    assert not (walk["root"] / "data" / "production" / "2020-12-31").exists()
+    assert not (walk["root"] / "data" / "production" / REFUSED).exists()
     assert (f"{STREAM[1]}: targets not in yet; verdict {_monitoring(walk['root'], STREAM[1])['verdict']['status']} "
             "on drift only") in text
-    assert ("2020-12-31: its features arrived but production has no directory for it: refused for bad input") in text
+    assert (f"{REFUSED}: its features arrived but production has no directory for it: refused for bad input") in text
     assert "Traceback" not in walk["final"][1]
 
 
@@ -150,9 +152,9 @@ def test_the_report_and_each_months_metrics_are_in_mlflow(walk):
     evaluate = client.search_runs([exp], "tags.`devchange.kind` = 'production-evaluate'")
     assert len(evaluate) == 1
     history = client.get_metric_history(evaluate[0].info.run_id, "lift_at_k")
-    assert [(h.step, h.value) for h in history] == [(249, _monitoring(walk["root"], STREAM[0])["performance"]["lift_at_k"])]
+    assert [(h.step, h.value) for h in history] == [(248, _monitoring(walk["root"], STREAM[0])["performance"]["lift_at_k"])]
     scored = client.search_runs([exp], f"tags.`devchange.kind` = 'production-score' and tags.`devchange.month` = '{STREAM[1]}'")
-    assert scored[0].data.metrics["month_index"] == 250
+    assert scored[0].data.metrics["month_index"] == 249
 
 
 def _browser() -> str:
