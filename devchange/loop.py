@@ -17,8 +17,8 @@ from .window import (StoreError, WindowError, _dvc, dvc_command, labelled_months
                               plan_window)
 
 # %% auto #0
-__all__ = ['experiment_name', 'raw_months', 'plan_retrain', 'experiment_ref', 'reproduce_commands', 'push_experiment', 'retrains',
-           'retrain', 'stream_inputs', 'run_month', 'emulate', 'timeline', 'print_timeline']
+__all__ = ['experiment_name', 'raw_months', 'plan_retrain', 'experiment_ref', 'push_experiment', 'retrains', 'retrain',
+           'stream_inputs', 'run_month', 'emulate', 'timeline', 'print_timeline']
 
 # %% ../nbs/18_loop.ipynb #384d94f3
 def experiment_name(month: str) -> str:
@@ -60,15 +60,6 @@ def experiment_ref(root, name: str) -> tuple[str, str] | None:
                           capture_output=True, text=True, check=True).stdout.split("\n")
     found = [line.split() for line in refs if line.split(" ")[0].endswith(f"/{name}")]
     return tuple(found[-1]) if found else None
-
-
-def reproduce_commands(name: str) -> str:
-    """How to restore and re-run experiment `name` in a clone beside this one (the README explains each step).
-
-    The data comes from the workspace's remote (`dvc pull`), not through `dvc exp pull`: that one reads the
-    remote from the experiment's commit, where a relative remote path resolves elsewhere."""
-    return (f"dvc exp pull --no-cache origin {name} && dvc exp apply {name} && dvc pull && "
-            "dvc repro --force train")
 
 
 def push_experiment(root, name: str) -> None:
@@ -127,7 +118,7 @@ def retrain(params: Params, root=None, month: str | None = None) -> dict:
     version = registry.model_aliases(client, model)[CHALLENGER]
     tags = client.get_model_version(model, str(version)).tags
     for k, v in {"devchange.dvc_exp": name, "devchange.dvc_rev": rev, "devchange.dvc_ref": ref,
-                 "devchange.reproduce": reproduce_commands(name)}.items():
+                 "devchange.reproduce": registry.reproduce_commands(rev, experiment=name)}.items():
         client.set_model_version_tag(model, str(version), k, v)
     push_experiment(root, name)
     record = {"month": month, "experiment": name, "rev": rev, "version": version,

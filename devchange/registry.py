@@ -24,8 +24,8 @@ from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .tracking import KEY, TrackingError, exp_tags, flatten, training_run
 
 # %% auto #0
-__all__ = ['SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'RegisteredVersion',
-           'alias_version', 'load_version', 'apply_promotion']
+__all__ = ['SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands',
+           'RegisteredVersion', 'alias_version', 'load_version', 'apply_promotion']
 
 # %% ../nbs/15_registry.ipynb #fef35590
 SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
@@ -93,12 +93,26 @@ def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd
         # only the promotion metric's fold aggregates: the full summary is in the training run's metrics
         tags = {**{k: repr(v) for k, v in cv.items() if k.startswith(f"cv_{PROMOTION_METRIC}_") and math.isfinite(v)},
                 "devchange.training_run": run.info.run_id, **{k: str(v) for k, v in (version_tags or {}).items()},
-                KEY: parent.data.tags[KEY], "git.commit": parent.data.tags.get("git.commit", "unknown"), **exp_tags()}
+                KEY: parent.data.tags[KEY], "git.commit": parent.data.tags.get("git.commit", "unknown"), **exp_tags(),
+                "devchange.reproduce": reproduce_commands(parent.data.tags.get("git.commit", "unknown"),
+                                                          parent.data.tags.get("git.dirty") == "true")}
         with contextlib.redirect_stderr(io.StringIO()):  # register_model prints progress chatter to stderr
             version = int(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
         MlflowClient().set_registered_model_alias(model_name, CHALLENGER, str(version))
         mlflow.set_tag("devchange.registered_version", f"{model_name}/{version}")
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version}
+
+# %% ../nbs/15_registry.ipynb #9272c5c2
+def reproduce_commands(commit: str, dirty: bool = False, experiment: str | None = None) -> str:
+    """How to get a registered version's model again, in a clone beside the workspace (the README explains the steps).
+
+    An experiment comes back from `refs/exps` (`dvc exp pull`; its data through the workspace's remote, since
+    `dvc exp pull` reads the remote from the experiment's commit, where a relative path resolves elsewhere); a
+    workspace run from its commit, which reproduces it only if the workspace had no uncommitted change."""
+    tail = "dvc pull --allow-missing && dvc repro --force train"
+    if experiment:
+        return f"dvc exp pull --no-cache origin {experiment} && dvc exp apply {experiment} && {tail}"
+    return f"git checkout {commit} && {tail}" + (" (not exact: the run had uncommitted changes)" if dirty else "")
 
 # %% ../nbs/15_registry.ipynb #a4ff84ca
 @dataclass
