@@ -106,12 +106,13 @@ def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd
 def reproduce_commands(commit: str, dirty: bool = False, experiment: str | None = None) -> str:
     """How to get a registered version's model again, in a clone beside the workspace (the README explains the steps).
 
-    An experiment comes back from `refs/exps` (`dvc exp pull`; its data through the workspace's remote, since
-    `dvc exp pull` reads the remote from the experiment's commit, where a relative path resolves elsewhere); a
-    workspace run from its commit, which reproduces it only if the workspace had no uncommitted change."""
+    An experiment's commit comes from `refs/exps` (`dvc exp pull --no-cache`: its data comes with `dvc pull`, through
+    the clone's remote, since `dvc exp pull` reads the remote from the experiment's commit, where a relative path
+    resolves elsewhere); a workspace run's from git, which reproduces it only if the workspace had no uncommitted
+    change."""
     tail = "dvc pull --allow-missing && dvc repro --force train"
     if experiment:
-        return f"dvc exp pull --no-cache origin {experiment} && dvc exp apply {experiment} && {tail}"
+        return f"dvc exp pull --no-cache origin {experiment} && git checkout {commit} && {tail}"
     return f"git checkout {commit} && {tail}" + (" (not exact: the run had uncommitted changes)" if dirty else "")
 
 # %% ../nbs/15_registry.ipynb #a4ff84ca

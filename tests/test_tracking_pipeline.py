@@ -280,20 +280,20 @@ def test_commands_are_idempotent_per_month(loop):
 def test_bad_months_are_refused_with_a_message(loop, tmp_path):
     root, sh = loop["root"], loop["sh"]
     features = pd.read_feather(root / f"data/stream/{STREAM[0]}/features.feather")
-    features.assign(month=pd.Timestamp("2021-01-31")).drop(columns=["feature_3"]).to_parquet(tmp_path / "short.parquet")
+    features.assign(month=pd.Timestamp("2021-02-28")).drop(columns=["feature_3"]).to_parquet(tmp_path / "short.parquet")
     p = sh("devchange", "score-month", "--features", str(tmp_path / "short.parquet"), check=False)
     assert p.returncode == 1 and "does not match the model's features: missing feature column(s) feature_3" in p.stderr
     features.to_parquet(tmp_path / "other.parquet")  # the same month, from another file
     p = sh("devchange", "score-month", "--features", str(tmp_path / "other.parquet"), check=False)
     assert p.returncode == 1 and f"month {STREAM[0]} was already scored from another file" in p.stderr
-    target = pd.read_feather(root / f"data/stream/{STREAM[0]}/targets.feather").assign(month=pd.Timestamp("2021-02-28"))
-    target.to_parquet(tmp_path / "february.parquet")
-    p = sh("devchange", "evaluate-month", "--targets", str(tmp_path / "february.parquet"), check=False)
-    assert p.returncode == 1 and "month 2021-02-28 was never scored" in p.stderr
+    target = pd.read_feather(root / f"data/stream/{STREAM[0]}/targets.feather").assign(month=pd.Timestamp("2021-03-31"))
+    target.to_parquet(tmp_path / "march.parquet")
+    p = sh("devchange", "evaluate-month", "--targets", str(tmp_path / "march.parquet"), check=False)
+    assert p.returncode == 1 and "month 2021-03-31 was never scored" in p.stderr
 
 
 def test_a_fresh_clone_restores_a_retrained_versions_inputs_and_reproduces_its_model(loop):
-    """`dvc exp pull`, `dvc exp apply`, `dvc pull` in a clone beside the workspace (the default remote is a folder
+    """`dvc exp pull`, `git checkout`, `dvc pull` in a clone beside the workspace (the default remote is a folder
     beside each clone, so both see the same one), then the version's stages again: the same model bytes."""
     root, client = loop["root"], loop["client"]
     tags = client.get_model_version(loop["model_name"], "3").tags
