@@ -14,7 +14,7 @@ One copy lives through what a team does over a few months:
    v3 shadows December, and `make promote` promotes it on December (the world's concept drifts:
    the retrained model wins); January is scored by v3, the replaced champion in the shadow;
 5. in a fresh clone beside the copy, the experiment and its data come back with `dvc exp pull`,
-   `dvc exp apply` and `dvc pull` (the version's `devchange.reproduce` tag), and `dvc repro` reproduces v3's model file byte for byte.
+   `git checkout` of its commit and `dvc pull` (the version's `devchange.reproduce` tag), and `dvc repro` reproduces v3's model file byte for byte.
 Every decision is checked in the registry, in promotions.json and in the production experiment."""
 import json
 import math
