@@ -418,43 +418,58 @@ def _log(s: requests.Session, run: str, task: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def training_run(stack, pipeline):
-    """The training DAG, run by the scheduler through Celery: one task per stage, each `dvc repro
-    --single-item` on the training queue. The pipeline service has just run them all: DVC skips each."""
+def monthly_runs(stack, promoted):
+    """September, then October 2020 with the champion, through Celery on the general workers: October evaluates
+    September, which joins the labelled store (DVC). The training DAG is unpaused first: a `retrain` verdict
+    triggers it and waits for it."""
     s = _airflow_session(stack)
     dags = s.get(f"{stack.airflow}/api/v2/dags", timeout=30).json()["dags"]
     assert all(d["is_paused"] for d in dags)  # nothing runs before someone says so
+    assert s.patch(f"{stack.airflow}/api/v2/dags/devchange_training", json={"is_paused": False}, timeout=30).ok
+    runs = {month: _run_dag(stack, s, "devchange_monthly", f"{month}-01T00:00:00Z") for month in ("2020-09", "2020-10")}
+    return SimpleNamespace(session=s, runs=runs)
+
+
+@pytest.fixture(scope="module")
+def training_run(stack, monthly_runs):
+    """The training DAG triggered by hand: `devchange retrain` on the newest labelled month (September), a DVC
+    experiment in a temporary copy of the mounted clone, on the training queue."""
+    s = monthly_runs.session
     state, tis, run = _run_dag(stack, s, "devchange_training", None)
     return SimpleNamespace(session=s, state=state, tis=tis, run=run)
 
 
 def test_training_dag_runs_its_tasks_on_the_training_worker(stack, training_run):
     s, tis, run = training_run.session, training_run.tis, training_run.run
-    stages = list(yaml.safe_load((stack.root / "dvc.yaml").read_text())["stages"])
-    assert training_run.state == "success" and {k: t["state"] for k, t in tis.items()} == {k: "success" for k in stages}, \
-        (training_run.state, {k: t["state"] for k, t in tis.items()}, stack.logs())
+    assert training_run.state == "success" and {k: t["state"] for k, t in tis.items()} == {"retrain": "success"}, \
+        (training_run.state, {k: t["state"] for k, t in tis.items()}, _log(s, run, "retrain")[-3000:], stack.logs())
     hosts = _hostnames(stack, "airflow-training-worker")
     assert len(hosts) == 1
     assert {t["hostname"] for t in tis.values()} == hosts and {t["queue"] for t in tis.values()} == {"training"}
-    text = _log(s, run, "train")
-    assert "Stage 'train' didn't change, skipping" in text, text[-3000:]
+    text = _log(s, run, "retrain")
+    assert "retrain-2020-09" in text, text[-3000:]
     assert next(iter(hosts)) in text, text[-3000:]  # the log says which worker ran it
-    FACTS["Airflow training DAG"] = f"{len(tis)} tasks succeeded on the training worker {next(iter(hosts))}"
+    client = MlflowClient(stack.uri)
+    windows = {v.tags.get("devchange.window_last") for v in client.search_model_versions(f"name='{MODEL}'")}
+    assert "2020-09-30" in windows, windows
+    FACTS["Airflow training DAG"] = f"devchange retrain (retrain-2020-09) on the training worker {next(iter(hosts))}"
 
 
-def test_monthly_dag_scores_a_month_on_a_general_worker(stack, training_run, promoted):
-    "October 2020 with the champion: scored on one of the two general workers, never the training worker."
-    s = training_run.session
-    state, tis, run = _run_dag(stack, s, "devchange_monthly", "2020-10-01T00:00:00Z")
+def test_monthly_dag_scores_and_evaluates_on_the_general_workers(stack, monthly_runs):
+    "October 2020: September evaluated and October scored on the general workers, never the training worker."
+    s = monthly_runs.session
+    state, tis, run = monthly_runs.runs["2020-10"]
     assert state == "success", ({k: t["state"] for k, t in tis.items()}, _log(s, run, "score_month")[-3000:])
-    assert tis["score_month"]["state"] == "success" and tis["evaluate_previous_month"]["state"] == "skipped"
+    assert tis["score_month"]["state"] == "success" and tis["evaluate_previous_month"]["state"] == "success"
     general = _hostnames(stack, "airflow-worker")
     assert len(general) == 2  # --scale airflow-worker=2
-    assert tis["score_month"]["hostname"] in general and tis["score_month"]["queue"] == "default"
+    for task in ("evaluate_previous_month", "score_month"):
+        assert tis[task]["hostname"] in general and tis[task]["queue"] == "default"
+        assert tis[task]["hostname"] in _log(s, run, task)
     assert tis["score_month"]["hostname"] not in _hostnames(stack, "airflow-training-worker")
-    assert tis["score_month"]["hostname"] in _log(s, run, "score_month")
-    assert (stack.root / "data/production/2020-10-31").is_dir()
-    FACTS["Airflow monthly DAG"] = f"score_month of 2020-10 on {tis['score_month']['hostname']}"
+    assert (stack.root / "data/production/2020-10-31").is_dir() and (stack.root / "data/labelled/2020-09-30.dvc").is_file()
+    FACTS["Airflow monthly DAG"] = (f"2020-10: evaluate_previous_month on {tis['evaluate_previous_month']['hostname']}, "
+                                    f"score_month on {tis['score_month']['hostname']}")
 
 
 def _state(stack, client: MlflowClient, s: requests.Session) -> dict:
