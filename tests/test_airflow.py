@@ -118,15 +118,18 @@ def test_monthly_dag_shape(project, parsed):
     assert dag["timetable"] == "CronDataIntervalTimetable" and dag["cron"] == "0 6 1 * *"
     assert dag["max_active_runs"] == 1 and dag["catchup"] is False
     tasks = {t["task_id"]: t for t in dag["tasks"]}
-    assert list(tasks) == ["evaluate_previous_month", "promote", "score_month", "retrain_needed", "retrain"]
+    assert list(tasks) == ["evaluate_previous_month", "promote", "score_month", "retrain_needed", "retrain", "report"]
     assert {k: (t["upstream"], t["trigger_rule"]) for k, t in tasks.items()} == {
         "evaluate_previous_month": ([], "all_success"),
         "promote": (["evaluate_previous_month"], "none_failed"),
         "score_month": (["promote"], "none_failed"),
         "retrain_needed": (["score_month"], "none_failed"),
         "retrain": (["retrain_needed"], "all_success"),
+        "report": (["retrain", "score_month"], "all_done"),
     }
-    assert [tasks[k]["operator"] for k in tasks] == ["BashOperator"] * 3 + ["ShortCircuitOperator", "TriggerDagRunOperator"]
+    assert [tasks[k]["operator"] for k in tasks] == ["BashOperator"] * 3 + ["ShortCircuitOperator", "TriggerDagRunOperator",
+                                                                              "BashOperator"]
+    assert "devchange report" in tasks["report"]["bash_command"]
     assert "devchange evaluate-month --targets" in tasks["evaluate_previous_month"]["bash_command"]
     assert "devchange promote" in tasks["promote"]["bash_command"]
     assert "devchange score-month --features" in tasks["score_month"]["bash_command"]
@@ -143,7 +146,7 @@ def test_settings_come_from_the_environment(project):
     assert {t["queue"] for t in training["tasks"] + monthly["tasks"]} == {"devchange"}
     assert training["cron"] == "0 0 * * 0"  # @weekly
     assert monthly["cron"] == "0 2 3 * *"
-    assert [t["task_id"] for t in monthly["tasks"]] == ["evaluate_previous_month", "promote", "score_month"]
+    assert [t["task_id"] for t in monthly["tasks"]] == ["evaluate_previous_month", "promote", "score_month", "report"]
     assert "/srv/stream/" in monthly["tasks"][2]["bash_command"]
     # a value the DAGs cannot use is an import error that names the variable
     broken = driver(project, "dags", DEVCHANGE_RETRIES="three")[0]
@@ -377,6 +380,9 @@ def test_the_scheduler_runs_every_month_in_order(project, scheduled):
     for month in MONTHS[:-1]:  # evaluated by the next month's run, and in the labelled store
         assert _doc(project, month)["performance"]["n_with_target"] > 0
         assert (project / f"data/labelled/{month}.dvc").is_file()
+    for r in runs:  # the last task renders the production report, logged to MLflow
+        assert "devchange report: wrote reports/production.html" in scheduled["logs"][r["dag_run_id"]]["report"]
+    assert (project / "reports/production.html").stat().st_size > 0
     first = scheduled["logs"][runs[0]["dag_run_id"]]
     assert "targets of 2020-08-31 have not arrived" not in first.get("evaluate_previous_month", "")  # skipped: no log
 

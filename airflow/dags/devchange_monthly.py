@@ -85,7 +85,13 @@ with DAG(
         trigger_rule=TriggerRule.NONE_FAILED,
         **common,
     )
-    evaluate >> promote >> score
+    report = BashOperator(
+        task_id="report",
+        bash_command=settings.project_command("devchange report"),
+        trigger_rule=TriggerRule.ALL_DONE,  # also after a failed or skipped step: the page says what happened
+        **common,
+    )
+    evaluate >> promote >> score >> report
 
     if settings.RETRAIN_TRIGGERS_TRAINING:
         needed = ShortCircuitOperator(
@@ -93,6 +99,7 @@ with DAG(
             python_callable=settings.retrain_needed,
             op_args=[PREVIOUS],
             trigger_rule=TriggerRule.NONE_FAILED,
+            ignore_downstream_trigger_rules=False,  # skip only `retrain`: the report still runs
         )
         retrain = TriggerDagRunOperator(
             task_id="retrain",
@@ -105,4 +112,4 @@ with DAG(
             poke_interval=10,
             retries=0,
         )
-        score >> needed >> retrain
+        score >> needed >> retrain >> report
