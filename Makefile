@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme lock promote image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme lock promote retrain emulate image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,14 @@ run: env  ## run the whole pipeline (dvc repro)
 test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
 	pytest
 
-promote: env  ## move the registry's champion to the challenger if it wins on the newest labelled month (devchange promote)
+promote: env  ## move the registry's champion to the challenger if it wins on the newest month both scored blind (devchange promote)
 	devchange promote
+
+retrain: env  ## train a challenger on the window ending at the newest labelled month, as DVC experiment retrain-YYYY-MM
+	devchange retrain
+
+emulate: run  ## production month by month over data/stream: score, evaluate, retrain, shadow, promote; prints the timeline
+	devchange emulate
 
 SIZES ?= 20000 100000 300000 1000000
 bench: env  ## the whole pipeline at SIZES users: time, CPU, memory per stage (reports/bench/; see benchmarks/bench.py)

@@ -15,9 +15,9 @@ import yaml
 # %% auto #0
 __all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths',
            'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
-           'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams', 'PromotionParams',
-           'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params',
-           'section', 'plain']
+           'WindowParams', 'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams',
+           'PromotionParams', 'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml',
+           'load_params', 'section', 'plain']
 
 # %% ../nbs/00_config.ipynb #6505a8c2
 RAW_FILES = {
@@ -41,6 +41,7 @@ OUTPUTS = {
     "train_table": ("data/processed/train.parquet", "featurize"),
     "scoring_table": ("data/processed/scoring.parquet", "featurize"),
     "feature_spec": ("data/processed/features.json", "featurize"),
+    "window": ("data/processed/window.json", "featurize"),
     "oof": ("data/predictions/oof.parquet", "cross_validate"),
     "cv_folds": ("reports/plots/cv_folds.csv", "cross_validate"),
     "gains": ("reports/plots/gains.csv", "cross_validate"),
@@ -97,6 +98,8 @@ class Paths:
     def stream(self) -> Path: return self.root / "data" / "stream"
     @property
     def production(self) -> Path: return self.root / "data" / "production"
+    @property
+    def labelled(self) -> Path: return self.root / "data" / "labelled"
 
     def raw_file(self, role: str) -> Path:
         "Path of one of the four input files (`RAW_FILES` role) in `data/raw`."
@@ -145,6 +148,7 @@ class GenerateParams:
     base_rate: float
     missing_share: float
     drift: float
+    concept_drift: float
     unseen_category_share: float
     stream_months: int
 
@@ -165,6 +169,7 @@ class GenerateParams:
         if not 0 < self.base_rate < 0.5: yield "base_rate", "a rate in (0, 0.5)", self.base_rate
         if not 0 <= self.missing_share < 1: yield "missing_share", "a share in [0, 1)", self.missing_share
         if self.drift < 0: yield "drift", "a non-negative number", self.drift
+        if not 0 <= self.concept_drift <= 6: yield "concept_drift", "months in [0, 6]", self.concept_drift
         if not 0 <= self.unseen_category_share < 1:
             yield "unseen_category_share", "a share in [0, 1)", self.unseen_category_share
         if not 0 <= self.stream_months <= 24: yield "stream_months", "a number of months in [0, 24]", self.stream_months
@@ -179,6 +184,16 @@ class ValidateParams:
 @dataclass(frozen=True)
 class FeaturizeParams:
     float32: bool
+
+@dataclass(frozen=True)
+class WindowParams:
+    "The training window: `n_months` month ends up to `last_month`, from the raw data and the labelled store."
+    last_month: dt.date
+    n_months: int
+
+    def _problems(self):
+        if not _is_month_end(self.last_month): yield "last_month", MONTH_END_HINT, self.last_month
+        if self.n_months < 2: yield "n_months", "at least 2 months", self.n_months
 
 @dataclass(frozen=True)
 class MetricsParams:
@@ -259,6 +274,7 @@ class Params:
     data: DataParams
     generate: GenerateParams
     validate: ValidateParams
+    window: WindowParams
     featurize: FeaturizeParams
     metrics: MetricsParams
     cv: CVParams
@@ -276,9 +292,9 @@ class Params:
         for name in self.cv.candidates:
             if name not in self.models:
                 yield "cv.candidates", f"names defined under models ({', '.join(self.models)})", name
-        if self.data.source == "generate" and self.cv.n_folds >= len(self.generate.train_months):
-            yield ("cv.n_folds", f"fewer than the {len(self.generate.train_months)} generated training "
-                   "months (every fold needs an earlier month to train on)", self.cv.n_folds)
+        if self.cv.n_folds >= self.window.n_months:
+            yield ("cv.n_folds", f"fewer than the {self.window.n_months} months of the training window "
+                   "(window.n_months: every fold needs an earlier month to train on)", self.cv.n_folds)
 
 # %% ../nbs/00_config.ipynb #3eb4f64d
 def _fail(where: str, expected: str, found: Any) -> ParamsError:

@@ -20,8 +20,8 @@ from .io import _umask, atomic_path, require, write_output, write_table
 # %% auto #0
 __all__ = ['SIGNAL_ROLES', 'NOISE_ROLES', 'BRAND_EFFECT', 'BRAND_SHARE', 'NEW_BRAND_EFFECT', 'PLAN_EFFECT', 'PLAN_SHARE',
            'NOISE_CATEGORY_LEVELS', 'REGION_LEVELS', 'BURN_IN', 'CALIBRATION_USERS', 'feature_roles', 'age_effect',
-           'round_significant', 'stream_months', 'generate_dataset', 'write_stream', 'RawData', 'write_raw_data',
-           'raw_files_summary', 'read_head']
+           'contract_end', 'round_significant', 'stream_months', 'generate_dataset', 'write_stream', 'RawData',
+           'write_raw_data', 'raw_files_summary', 'read_head']
 
 # %% ../nbs/03_generate.ipynb #8e680d8a
 SIGNAL_ROLES = ("device_age", "arpu", "usage", "offer_engagement", "device_price")
@@ -74,10 +74,17 @@ def feature_roles(cfg: GenerateParams) -> pd.DataFrame:
     return roles
 
 # %% ../nbs/03_generate.ipynb #ee42f90e
-def age_effect(age) -> np.ndarray:
-    "Log-odds effect of device age in months: a new device is rarely replaced; the 24-month contract end is a threshold."
+def age_effect(age, contract_end: float = 24.0) -> np.ndarray:
+    "Log-odds effect of device age in months: a new device is rarely replaced; the contract end is a threshold."
     age = np.asarray(age, dtype=np.float64)
-    return -1.2 * (age < 6) + 1.4 / (1 + np.exp(-(age - 24.0)))
+    return -1.2 * (age < 6) + 1.4 / (1 + np.exp(-(age - contract_end)))
+
+
+def contract_end(t: int, new_from: int, concept_drift: float) -> float:
+    """The contract length in month `t`: 24 months up to the training months, then `concept_drift` months shorter
+    each production month (down to 12). Only the relationship between features and target changes: a model
+    trained before learns the old threshold, one retrained on newer months the new one."""
+    return max(12.0, 24.0 - concept_drift * max(0, t - new_from + 1))
 
 # %% ../nbs/03_generate.ipynb #fd88712e
 def _sigmoid(x): return 1 / (1 + np.exp(-x))
@@ -112,11 +119,12 @@ class _World:
     shock: np.ndarray      # uniform: the user changes device when shock < probability
     new_brand: np.ndarray  # (users,) bool: from month `new_from` on, show the brand never seen before
     new_from: int          # first month (row) after the training months
+    concept_drift: float = 0.0  # months the contract end moves earlier each month from `new_from` on
 
     def users(self, n: int) -> _World:
         "The same world for its first `n` users only."
         return _World(self.static[:, :n], self.plan[:, :n], self.age0[:n], self.brand[:, :n], self.price_z[:, :n],
-                      self.shock[:, :n], self.new_brand[:n], self.new_from)
+                      self.shock[:, :n], self.new_brand[:n], self.new_from, self.concept_drift)
 
 
 def _simulate(w: _World, b0: float, n_months: int | None = None) -> dict[str, np.ndarray]:
@@ -128,7 +136,7 @@ def _simulate(w: _World, b0: float, n_months: int | None = None) -> dict[str, np
     brand_effect = np.append(BRAND_EFFECT, NEW_BRAND_EFFECT)
     for t in range(n_months):
         if t >= w.new_from: brand = np.where(w.new_brand, len(BRAND_EFFECT), brand)
-        logit = (b0 + w.static[t] + age_effect(age) - 0.35 * price_z + brand_effect[brand]
+        logit = (b0 + w.static[t] + age_effect(age, contract_end(t, w.new_from, w.concept_drift)) - 0.35 * price_z + brand_effect[brand]
                  + PLAN_EFFECT[w.plan[t]] * (age >= 12))
         p = _sigmoid(logit)
         changed = w.shock[t] < p
@@ -212,7 +220,7 @@ def generate_dataset(cfg: GenerateParams, seed: int) -> dict[str, pd.DataFrame]:
         brand=rng.choice(len(BRAND_SHARE), (n_sim + 1, n), p=BRAND_SHARE),
         price_z=0.6 * income + 0.8 * rng.standard_normal((n_sim + 1, n)),
         shock=rng.random((n_sim, n)), new_brand=rng.random(n) < cfg.unseen_category_share,
-        new_from=BURN_IN + n_train)
+        new_from=BURN_IN + n_train, concept_drift=cfg.concept_drift)
     present = np.zeros((n_sim, n), dtype=bool)
     present[BURN_IN:] = rng.random((n_months, n)) < cfg.presence
     train_rows = present.copy()
@@ -268,16 +276,18 @@ def generate_dataset(cfg: GenerateParams, seed: int) -> dict[str, pd.DataFrame]:
                                 "stream_features", "stream_target")}
 
 # %% ../nbs/03_generate.ipynb #e96eac1b
-def write_stream(features: pd.DataFrame, target: pd.DataFrame, folder) -> list[str]:
-    "Write one folder per month of the stream under `folder` (replacing what was there); returns the months."
+def write_stream(parts: list[tuple[pd.DataFrame, pd.DataFrame]], folder) -> list[str]:
+    "Write one folder per month of the (features, targets) `parts` under `folder` (replacing what was there); returns the months."
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    months = sorted(features["month"].dt.strftime("%Y-%m-%d").unique())
-    for m in months:
-        (tmp / m).mkdir()
-        for df, name in ((features, "features"), (target, "targets")):
-            df[df["month"] == pd.Timestamp(m)].reset_index(drop=True).to_feather(tmp / m / f"{name}.feather")
+    months = []
+    for features, target in parts:
+        for m in sorted(features["month"].dt.strftime("%Y-%m-%d").unique()):
+            (tmp / m).mkdir()
+            for df, name in ((features, "features"), (target, "targets")):
+                df[df["month"] == pd.Timestamp(m)].reset_index(drop=True).to_feather(tmp / m / f"{name}.feather")
+            months.append(m)
     os.chmod(tmp, 0o777 & ~_umask())
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists(): os.replace(folder, old)
@@ -303,16 +313,18 @@ def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths:
     raw_files = {role: paths.raw_file(role) for role in RAW_FILES}
     if data.source == "generate":
         tables = generate_dataset(generate, seed)
+        # production months, the scoring month first: what the monthly commands and the DAG read
+        stream = write_stream([(tables["scoring_features"], tables["scoring_target"]),
+                               (tables.pop("stream_features"), tables.pop("stream_target"))], paths.stream)
         for role, path in raw_files.items(): write_table(tables.pop(role), path)
         oracle, source = tables.pop("oracle"), "generate"
-        stream = write_stream(tables.pop("stream_features"), tables.pop("stream_target"), paths.stream)
     else:
         folder = (paths.root / data.dir).resolve()
         for role, path in raw_files.items():
             with atomic_path(path) as tmp: shutil.copyfile(require(folder / RAW_FILES[role]), tmp)
         oracle, source = _empty(user_id="int64", month="datetime64[ns]", probability="float64"), f"directory {data.dir}"
         empty = _empty(user_id="int64", month="datetime64[ns]")
-        stream = write_stream(empty, empty, paths.stream)
+        stream = write_stream([(empty, empty)], paths.stream)
     write_output(paths, "oracle", oracle)
     return RawData(source, len(oracle), stream)
 

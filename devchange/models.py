@@ -76,7 +76,8 @@ def fit(model, table: pd.DataFrame, spec: FeatureSpec):
 
 
 def predict_proba(model, table: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    "Probability of a device change for every row of `table`."
+    "Probability of a device change for every row of `table` (none for an empty table, which models refuse)."
+    if len(table) == 0: return np.empty(0, dtype="float64")
     return model.predict_proba(table[spec.columns])[:, 1]
 
 # %% ../nbs/07_models.ipynb #702bb96e

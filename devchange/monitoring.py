@@ -15,7 +15,8 @@ from .metrics import top_k_metrics
 
 # %% auto #0
 __all__ = ['MISSING', 'UNSEEN', 'BAND_METRIC', 'psi', 'quantile_edges', 'numeric_shares', 'categorical_shares', 'feature_profile',
-           'reference_profile', 'drift_report', 'band_bounds', 'performance_report', 'verdict', 'monitor_month']
+           'reference_profile', 'drift_report', 'band_bounds', 'performance_report', 'verdict', 'monitor_month',
+           'nothing_to_monitor']
 
 # %% ../nbs/12_monitoring.ipynb #d0a2518e
 def psi(expected, actual, epsilon: float = 1e-4) -> float:
@@ -184,3 +185,11 @@ def monitor_month(profile: dict, spec: FeatureSpec, features: pd.DataFrame, pred
         perf = {"n_scored": int(len(predictions)), "n_with_target": int(len(scored)),
                 **performance_report(scored, profile, k_share, o)}
     return {"month": months[0], "drift": drift, "performance": perf, "verdict": verdict(drift, perf, cfg, floor)}
+
+# %% ../nbs/12_monitoring.ipynb #43278584
+def nothing_to_monitor(last_train_month: str) -> dict:
+    "The monitoring document of a run whose window has no scoring month: verdict `none`."
+    reason = (f"the training window ends at {last_train_month} and the month after it is not in data/raw: "
+              "production months are monitored by devchange score-month and evaluate-month")
+    return {"month": None, "drift": {"n": 0, "features": {}, "score_psi": None, "max_feature_psi": None},
+            "performance": None, "verdict": {"status": "none", "scope": "no scoring month", "reasons": [reason]}}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -18,12 +19,12 @@ from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec
 from .metrics import top_k_count, top_k_metrics
 from .models import predict_proba
 from .monitoring import monitor_month
-from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
+from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 
 # %% auto #0
 __all__ = ['EXIT_RETRAIN', 'rank_scores', 'score_summary', 'ProductionError', 'read_month', 'check_features', 'check_targets',
-           'month_dir', 'score_with', 'score_month', 'evaluate_month', 'promotion_decision', 'labelled_months',
-           'promote', 'main']
+           'month_dir', 'score_with', 'scorers', 'score_month', 'add_shadows', 'evaluate_month', 'promotion_decision',
+           'lift_on', 'production_months', 'deciding_month', 'record_decision', 'promote', 'main']
 
 # %% ../nbs/13_production.ipynb #bc4ba2f2
 def rank_scores(keys: pd.DataFrame, probability, k_share: float) -> pd.DataFrame:
@@ -35,7 +36,10 @@ def rank_scores(keys: pd.DataFrame, probability, k_share: float) -> pd.DataFrame
 
 
 def score_summary(predictions: pd.DataFrame, k_share: float) -> dict:
-    "The figures a scored month is reported with."
+    "The figures a scored month is reported with (none but the counts for an empty month)."
+    if predictions.empty:
+        return {"month": None, "n": 0, "k": 0, "k_share": float(k_share), "cutoff_probability": None,
+                "mean_probability": None, "expected_changers_in_top_k": 0.0, "expected_changers_overall": 0.0}
     top = predictions[predictions["in_top_k"]]
     return {"month": pd.Timestamp(predictions["month"].iloc[0]).strftime("%Y-%m-%d"), "n": int(len(predictions)),
             "k": int(len(top)), "k_share": float(k_share), "cutoff_probability": float(top["probability"].min()),
@@ -129,41 +133,98 @@ def score_with(model, spec: FeatureSpec, features: pd.DataFrame, k_share: float)
     return rank_scores(typed, predict_proba(model, typed, spec), k_share)
 
 
-def _monitoring(params: Params, profile: dict, spec: FeatureSpec, features, predictions, targets=None) -> dict:
-    return monitor_month(profile, spec, features, predictions, params.monitoring, params.promotion.floor,
-                         params.metrics.k_share, targets=targets)
+def _monitoring(params: Params, version, features, predictions, targets=None) -> dict:
+    if version.profile is None:
+        raise ProductionError(f"{version.name} version {version.version} has no monitoring profile "
+                              "(trained before monitoring existed): train and promote a new version")
+    return {"model": {"name": version.name, "version": version.version, "last_train_month": version.last_train_month},
+            "scores": score_summary(predictions, params.metrics.k_share),
+            **monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
+                            params.promotion.floor, params.metrics.k_share, targets=targets)}
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+
+def scorers(month: str, root: str | Path | None = None) -> dict[int, Path]:
+    "{version: folder with its scores.parquet and monitoring.json} of every model that scored `month`: champion first."
+    out = month_dir(month, root)
+    found = {}
+    if (out / "monitoring.json").is_file(): found[io.read_json(out / "monitoring.json")["model"]["version"]] = out
+    for d in sorted((out / "shadow").glob("v*")) if (out / "shadow").is_dir() else []:
+        if (d / "monitoring.json").is_file(): found[int(d.name[1:])] = d
+    return found
 
 
 def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
-    "Score a month's features with the champion; write scores and the drift part of monitoring. Returns monitoring.json."
+    """Score a month's features with the champion (the business's list), and with challengers in the shadow;
+    write scores and the drift part of monitoring. Returns the champion's monitoring.json.
+
+    A month is scored once: a rerun with the same file changes nothing, another file is refused."""
     from mlflow import MlflowClient  # MLflow loads only for the commands that need it
     from devchange import registry, tracking
     features, month = read_month(features_path)
+    out = month_dir(month, root)
+    if (out / "monitoring.json").is_file():
+        received = (out / "received.sha256").read_text().strip() if (out / "received.sha256").is_file() else None
+        if received != _sha256(features_path):
+            raise ProductionError(f"{features_path}: month {month} was already scored from another file "
+                                  f"(sha256 {received}); a month's list is never replaced ({out})")
+        add_shadows(month, params, root)
+        return io.read_json(out / "monitoring.json")
     tracking.configure(params.tracking.timeout_s)
     champion = registry.load_version(MlflowClient(), params.tracking.model_name, alias=CHAMPION)
     check_features(features, champion.spec, features_path)
-    if champion.profile is None:
-        raise ProductionError(f"{params.tracking.model_name} version {champion.version} has no monitoring profile "
-                              "(trained before monitoring existed): train and promote a new version")
+    if not (champion.last_train_month or "") < month:
+        raise ProductionError(f"{features_path}: champion v{champion.version} was trained on months up to "
+                              f"{champion.last_train_month}; it cannot score {month} blind")
     predictions = score_with(champion.model, champion.spec, features, params.metrics.k_share)
-    out = month_dir(month, root)
-    # a rerun after the targets arrived keeps the evaluation, recomputed for these scores
-    targets = pd.read_parquet(out / "targets.parquet") if (out / "targets.parquet").is_file() else None
-    doc = {"model": {"name": champion.name, "version": champion.version,
-                     "last_train_month": champion.last_train_month},
-           "scores": score_summary(predictions, params.metrics.k_share),
-           **_monitoring(params, champion.profile, champion.spec, features, predictions, targets)}
+    doc = _monitoring(params, champion, features, predictions)
     io.write_table(features, out / "features.parquet")
     io.write_table(predictions, out / "scores.parquet")
     io.write_json(doc, out / "monitoring.json")
+    (out / "received.sha256").write_text(_sha256(features_path) + "\n")
     tracking.log_production_run("score", month, champion.name, champion.version, doc, params.tracking.timeout_s)
+    add_shadows(month, params, root)
     return doc
 
 
-def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
-    "A scored month's targets arrived: add performance and the verdict to its monitoring.json."
+def add_shadows(month: str, params: Params, root: str | Path | None = None) -> list[int]:
+    """Score `month` in the shadow with the challenger and the previous champion, when they were trained only on
+    earlier months and the month's targets have not arrived (a shadow score is blind). Returns the versions added."""
     from mlflow import MlflowClient
     from devchange import registry, tracking
+    out = month_dir(month, root)
+    if not (out / "monitoring.json").is_file() or (out / "targets.parquet").is_file(): return []
+    tracking.configure(params.tracking.timeout_s)
+    client, name = MlflowClient(), params.tracking.model_name
+    aliases, done, added = registry.model_aliases(client, name), scorers(month, root), []
+    for alias in (CHALLENGER, PREVIOUS_CHAMPION):
+        v = aliases.get(alias)
+        if v is None or v in done or v in added: continue
+        last = client.get_model_version(name, str(v)).tags.get("devchange.last_train_month")
+        if not (last or "9999") < month: continue
+        version = registry.load_version(client, name, version=v)
+        features = pd.read_parquet(out / "features.parquet")
+        check_features(features, version.spec, out / "features.parquet")
+        predictions = score_with(version.model, version.spec, features, params.metrics.k_share)
+        doc = {**_monitoring(params, version, features, predictions), "shadow": alias}
+        io.write_table(predictions, out / "shadow" / f"v{v}" / "scores.parquet")
+        io.write_json(doc, out / "shadow" / f"v{v}" / "monitoring.json")
+        tracking.log_production_run("shadow-score", month, name, v, doc, params.tracking.timeout_s)
+        added.append(v)
+    return added
+
+
+def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
+    """A scored month's targets arrived: performance and verdict for the champion's list and every shadow list;
+    the month joins the labelled store (DVC) that training windows read. Returns the champion's monitoring.json."""
+    from mlflow import MlflowClient
+    from devchange import registry, tracking, window
     targets, month = read_month(targets_path, (TARGET,))
     out = month_dir(month, root)
     if not (out / "scores.parquet").is_file():
@@ -172,17 +233,29 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
     bad = ~targets[TARGET].isin([0, 1])
     if bad.any(): raise ProductionError(f"{targets_path}: column 'target': {int(bad.sum())} rows outside {{0, 1}}")
     check_targets(targets, pd.read_parquet(out / "scores.parquet"), targets_path, params.production.min_target_coverage)
-    scored = io.read_json(out / "monitoring.json")["model"]
+    targets = targets[["user_id", "month", TARGET]].sort_values("user_id", kind="stable").reset_index(drop=True)
+    features = pd.read_parquet(out / "features.parquet")
+    if (out / "targets.parquet").is_file():
+        if not targets.equals(pd.read_parquet(out / "targets.parquet")):
+            raise ProductionError(f"{targets_path}: month {month} was evaluated with other targets "
+                                  f"({out}/targets.parquet); a month's targets do not change")
+        window.add_labelled_month(paths(root).root, month, features, targets)  # a no-op unless a push failed
+        return io.read_json(out / "monitoring.json")
     tracking.configure(params.tracking.timeout_s)
-    version = registry.load_version(MlflowClient(), scored["name"], version=scored["version"])
-    features, predictions = pd.read_parquet(out / "features.parquet"), pd.read_parquet(out / "scores.parquet")
-    doc = {"model": scored, "scores": score_summary(predictions, params.metrics.k_share),
-           **_monitoring(params, version.profile, version.spec, features, predictions, targets)}
+    client, docs = MlflowClient(), {}
+    for v, folder in scorers(month, root).items():
+        version = registry.load_version(client, params.tracking.model_name, version=v)
+        doc = _monitoring(params, version, features, pd.read_parquet(folder / "scores.parquet"), targets)
+        docs[folder] = {**doc, **({"shadow": io.read_json(folder / "monitoring.json")["shadow"]} if folder != out else {})}
     io.write_table(targets, out / "targets.parquet")
-    io.write_json(doc, out / "monitoring.json")
-    tracking.log_production_run("evaluate", month, scored["name"], scored["version"], doc, params.tracking.timeout_s,
-                                tags={"devchange.verdict": doc["verdict"]["status"]})
-    return doc
+    for folder, doc in docs.items():
+        io.write_json(doc, folder / "monitoring.json")
+        m = doc["model"]
+        tracking.log_production_run("evaluate" if folder == out else "shadow-evaluate", month, m["name"], m["version"],
+                                    doc, params.tracking.timeout_s, tags={"devchange.verdict": doc["verdict"]["status"]})
+    window.add_labelled_month(paths(root).root, month, features, targets)
+    return docs[out]
+
 
 # %% ../nbs/13_production.ipynb #cef68369
 def promotion_decision(model_name: str, challenger: dict, champion: dict | None, margin: float, floor: float,
@@ -214,62 +287,77 @@ def promotion_decision(model_name: str, challenger: dict, champion: dict | None,
             "margin": float(margin), "floor": float(floor)}
 
 # %% ../nbs/13_production.ipynb #aa0def40
-def labelled_months(root: str | Path | None = None) -> dict[str, tuple[Path, Path]]:
-    "{month: (features file, targets file)} of every month whose targets are known here."
+def lift_on(month: str, version: int, root: str | Path | None = None) -> float | None:
+    "lift@k of `version`'s list (champion or shadow) on `month`, once its targets arrived; None if it has none."
+    folder = scorers(month, root).get(version)
+    if folder is None: return None
+    perf = io.read_json(folder / "monitoring.json").get("performance")
+    return None if not perf else perf[PROMOTION_METRIC]
+
+
+def production_months(root: str | Path | None = None) -> list[str]:
+    "Months production has scored, oldest first."
     P = paths(root)
-    found = {}
-    raw_f, raw_t = P.raw_file("scoring_features"), P.raw_file("scoring_target")
-    if raw_f.is_file() and raw_t.is_file():
-        found[read_month(raw_t)[1]] = (raw_f, raw_t)
-    if P.production.is_dir():
-        for d in sorted(P.production.iterdir()):
-            if (d / "features.parquet").is_file() and (d / "targets.parquet").is_file():
-                found[d.name] = (d / "features.parquet", d / "targets.parquet")
-    return dict(sorted(found.items()))
+    return sorted(d.name for d in P.production.iterdir() if (d / "monitoring.json").is_file()) \
+        if P.production.is_dir() else []
 
 
-def _lift_on(version, features: pd.DataFrame, targets: pd.DataFrame, k_share: float) -> float:
-    scored = score_with(version.model, version.spec, features, k_share).merge(targets[["user_id", TARGET]], on="user_id")
-    return top_k_metrics(scored[TARGET], scored["probability"], k_share)[PROMOTION_METRIC]
+def deciding_month(challenger: int, champion: int, root: str | Path | None = None) -> str | None:
+    "The newest month whose targets arrived that both versions scored blind (the champion's list or a shadow)."
+    both = [m for m in production_months(root)
+            if lift_on(m, challenger, root) is not None and lift_on(m, champion, root) is not None]
+    return both[-1] if both else None
+
+
+def record_decision(decision: dict, root: str | Path | None = None) -> bool:
+    "Append a decision to data/production/promotions.json unless it repeats the last one about the same pair."
+    path = paths(root).production / "promotions.json"
+    history = io.read_json(path) if path.is_file() else []
+    key = lambda d: (d["challenger_version"], d["champion_version"], d["decision"], d["evaluation_month"])
+    if any(key(d) == key(decision) for d in history): return False
+    io.write_json([*history, decision], path)
+    return True
 
 
 def promote(params: Params, root: str | Path | None = None) -> dict:
-    "Compare challenger and champion on the newest labelled month neither was trained on; record; move `champion` if won."
+    """Challenger against champion on the newest labelled month both scored blind; record; move `champion` if won.
+    A challenger with no such month yet is kept pending, and the decision names the month that will decide.
+    Decisions are recorded once (promotions.json, an MLflow run, the version's tags): a rerun writes nothing."""
     from mlflow import MlflowClient
     from devchange import registry, tracking
+    from devchange.window import month_after
     tracking.configure(params.tracking.timeout_s)
     client, name = MlflowClient(), params.tracking.model_name
     aliases = registry.model_aliases(client, name)
     if CHALLENGER not in aliases:
         raise ProductionError(f"registered model {name!r} has no challenger: `dvc repro` trains and registers one")
-    c = registry.load_version(client, name, version=aliases[CHALLENGER])
-    p = registry.load_version(client, name, version=aliases[CHAMPION]) if CHAMPION in aliases else None
-    if c.last_train_month is None:
-        raise ProductionError(f"{name} version {c.version} has no devchange.last_train_month tag: retrain it")
-    trained_until = max(m for m in (c.last_train_month, p and p.last_train_month) if m)
-    months = {m: files for m, files in labelled_months(root).items() if m > trained_until}
-    month = max(months) if months else None
-    if month is None and p is not None and p.version != c.version:
-        raise ProductionError(f"no labelled month after {trained_until} to compare challenger v{c.version} and champion "
-                              f"v{p.version} on: evaluate a production month first (devchange evaluate-month)")
-    lifts = {}
-    if month is not None:
-        features, targets = (read_month(f)[0] for f in months[month])
-        for v in (c, p):
-            if v is not None and v.version not in lifts:
-                check_features(features, v.spec, months[month][0])
-                lifts[v.version] = _lift_on(v, features, targets, params.metrics.k_share)
-    cv_min = lambda v: float(v.tags.get(f"cv_{PROMOTION_METRIC}_min", "nan"))  # as registry.log_training tags it
-    decision = promotion_decision(
-        name, {"version": c.version, "lift": lifts.get(c.version, float("nan")), "cv_min": cv_min(c)},
-        None if p is None else {"version": p.version, "lift": lifts.get(p.version, float("nan")), "cv_min": cv_min(p)},
-        params.promotion.margin, params.promotion.floor, month)
-    tracking.log_production_run("promote", month or "none", name, c.version, decision, params.tracking.timeout_s,
-                                metrics={k: decision[k] for k in ("challenger_lift", "champion_lift", "challenger_cv_min")
-                                         if decision[k] is not None},
+    tags = lambda v: client.get_model_version(name, str(v)).tags
+    c, p = aliases[CHALLENGER], aliases.get(CHAMPION)
+    if tags(c).get("devchange.last_train_month") is None:
+        raise ProductionError(f"{name} version {c} has no devchange.last_train_month tag: retrain it")
+    cv_min = lambda v: float(tags(v).get(f"cv_{PROMOTION_METRIC}_min", "nan"))  # as registry.log_training tags it
+    month = None if p is None or p == c else deciding_month(c, p, root)
+    lift = lambda v: float("nan") if month is None else lift_on(month, v, root)
+    decision = promotion_decision(name, {"version": c, "lift": lift(c), "cv_min": cv_min(c)},
+                                  None if p is None else {"version": p, "lift": lift(p), "cv_min": cv_min(p)},
+                                  params.promotion.margin, params.promotion.floor, month)
+    if p is not None and p != c and month is None and decision["challenger_cv_min"] is not None \
+            and decision["challenger_cv_min"] >= params.promotion.floor:
+        later = [m for m in production_months(root) if m > tags(c)["devchange.last_train_month"]]
+        first = later[0] if later else month_after(tags(c)["devchange.last_train_month"])
+        decision = {**decision, "decision": "pending", "deciding_month": first,
+                    "reason": f"pending: challenger v{c} has no month with targets that it and champion v{p} both "
+                              f"scored blind yet; {first} will decide, once its targets arrive"}
+        if tags(c).get("promotion.reason") == decision["reason"]: return decision  # said so already
+    elif p == c or not record_decision(decision, root):
+        return decision  # nothing new to decide: a rerun writes nothing
+    tracking.log_production_run("promote", month or "none", name, c, decision, params.tracking.timeout_s,
+                                metrics={k: decision[k] for k in ("challenger_lift", "champion_lift",
+                                                                  "challenger_cv_min") if decision[k] is not None},
                                 tags={"devchange.decision": decision["decision"], "devchange.reason": decision["reason"]})
     registry.apply_promotion(client, name, decision)
     return decision
+
 
 # %% ../nbs/13_production.ipynb #303db032
 EXIT_RETRAIN = 3
@@ -294,17 +382,22 @@ def _champion_line(decision: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "`devchange score-month | evaluate-month | promote`."
+    "`devchange score-month | evaluate-month | promote | retrain | emulate`."
     parser = argparse.ArgumentParser(prog="devchange", description="Monthly production with the registry's champion.")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("score-month", help="score a month's features with the champion (targets unknown)")
+    s = sub.add_parser("score-month", help="score a month's features with the champion, and challengers in the shadow")
     s.add_argument("--features", required=True, help="one month of features (.feather or .parquet)")
-    e = sub.add_parser("evaluate-month", help="that month's targets arrived: performance and verdict")
+    e = sub.add_parser("evaluate-month", help="that month's targets arrived: performance, verdict, labelled store")
     e.add_argument("--targets", required=True, help="one month of targets (.feather or .parquet)")
     e.add_argument("--fail-on-retrain", action="store_true", help=f"exit {EXIT_RETRAIN} when the verdict is retrain")
-    sub.add_parser("promote", help="challenger against champion on the newest labelled month neither was trained on")
+    sub.add_parser("promote", help="challenger against champion on the newest month with targets both scored blind")
+    r = sub.add_parser("retrain", help="train a challenger on the window ending at the newest labelled month "
+                                       "(a DVC experiment retrain-YYYY-MM)")
+    r.add_argument("--month", help="the labelled month the window ends at (default: the newest)")
+    sub.add_parser("emulate", help="run production month by month over data/raw's scoring month and data/stream")
     args = parser.parse_args(argv)
     from devchange.tracking import TrackingError
+    from devchange.window import StoreError, WindowError
     try:
         params = load_params()
         if args.command == "score-month":
@@ -316,11 +409,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"devchange: month {doc['month']} needs retraining: " + "; ".join(doc["verdict"]["reasons"]),
                       file=sys.stderr)
                 return EXIT_RETRAIN
-        else:
+        elif args.command == "promote":
             d = promote(params)
             print(d["reason"])
             print(_champion_line(d))
-    except (ProductionError, ParamsError, TrackingError, FileNotFoundError, DataContractError) as err:
+        elif args.command == "retrain":
+            from devchange.loop import retrain
+            print(retrain(params, month=args.month)["reason"])
+        else:
+            from devchange.loop import emulate, print_timeline
+            print_timeline(emulate(params))
+    except (ProductionError, ParamsError, TrackingError, FileNotFoundError, DataContractError, StoreError,
+            WindowError) as err:
         print(f"devchange {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
+

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from .features import FeatureSpec
 from .io import to_jsonable
-from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
+from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .tracking import KEY, TrackingError, exp_tags, flatten, training_run
 
 # %% auto #0
@@ -157,4 +157,7 @@ def apply_promotion(client: MlflowClient, model_name: str, decision: dict) -> No
             "promotion.margin": decision["margin"], "promotion.floor": decision["floor"]}
     for k, val in tags.items(): client.set_model_version_tag(model_name, v, k, str(val))
     client.update_model_version(model_name, v, description=decision["reason"])
-    if decision["promoted"]: client.set_registered_model_alias(model_name, CHAMPION, v)
+    if decision["promoted"]:
+        if decision["champion_version"] is not None:
+            client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, str(decision["champion_version"]))
+        client.set_registered_model_alias(model_name, CHAMPION, v)

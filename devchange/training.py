@@ -41,7 +41,8 @@ def train_final(table: pd.DataFrame, spec: FeatureSpec, cv_summary: dict, models
     chosen_folds = pd.DataFrame([{"fold": f, **v[chosen]} for f, v in cv_summary["folds"].items()])
     profile = reference_profile(table, spec, predict_proba(model, table, spec), chosen_folds, k_share=k_share, bins=bins)
     tags = {"devchange.candidate": chosen, "devchange.train_months": ",".join(months),
-            "devchange.last_train_month": months[-1], "devchange.data_hash": data_hash,
+            "devchange.last_train_month": months[-1], "devchange.window_first": months[0],
+            "devchange.window_last": months[-1], "devchange.data_hash": data_hash,
             "devchange.fold_plan": ",".join(f["valid_month"] for f in cv_summary["fold_plan"].values()),
             "devchange.k_share": k_share}
     card = {"candidate": chosen, "kind": models[chosen].kind, "params": models[chosen].params, "seed": seed,

@@ -2,13 +2,15 @@
 
 Airflow does not share the project's environment, so everything Airflow does here runs as a
 subprocess of `.venv-airflow/bin/...`: `tests/airflow_driver.py` parses the DAG folder the way
-Airflow's processes do and runs `dag.test()`; the last test starts Airflow itself with
-`make airflow` and drives it through its REST API.
+Airflow's processes do and runs `dag.test()`; the loop tests start Airflow itself with
+`make airflow` and drive it through its REST API.
 
-One copy of the repository (tiny data) and one Airflow home inside it, migrated once, serve
-the whole module, in order: the DAG folder's structure; a training run with `dag.test()` (the
-whole pipeline); the monthly production runs on that run's model; then the real scheduler,
-which triggers training again (DVC finds everything up to date).
+One copy of the repository (tiny data, a world that drifts fast) and one Airflow home inside it
+serve the whole module, in order: the DAG folder's structure; the first champion (`dvc repro`,
+`devchange promote`); the training DAG refusing to retrain with nothing labelled; then the real
+scheduler runs the monthly DAG backfilled over the generated months, in order: a `retrain`
+verdict triggers the training DAG, whose challenger shadows the next month and is promoted when
+it wins; a month run again changes nothing, and so does `devchange emulate` afterwards.
 """
 import json
 import os
@@ -38,10 +40,6 @@ if not (AIRFLOW_BIN / "airflow").exists():  # a failure, not a skip: `make test`
     raise RuntimeError(f"{AIRFLOW_BIN / 'airflow'} is missing: run `make airflow-env` (make test does)")
 
 
-def stages(root: Path) -> list[str]:
-    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
-
-
 def airflow_env(root: Path, **extra) -> dict:
     "The environment `make airflow` gives Airflow, for the copy at `root` (plus test settings)."
     return {"AIRFLOW_HOME": str(root / "airflow" / "home"),
@@ -61,25 +59,29 @@ def driver(root: Path, *args: str, check: bool = True, **extra_env) -> tuple[dic
     return json.loads(lines[-1][len("RESULT "):]), out
 
 
+LOOP = {"generate.stream_months": 3,      # production months 2020-09 ... 2020-12
+        "generate.drift": 0.35, "generate.concept_drift": 4.0}  # decay within those months, on tiny data
+MONTHS = ("2020-09-30", "2020-10-31", "2020-11-30", "2020-12-31")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     "A copy of the repository on tiny data, with a migrated Airflow home inside it."
     root = copy_project(tmp_path_factory.mktemp("airflow") / "devchange",
                         skip_prefixes=("reports/", "data/raw", "data/production", "dvc.lock"))
-    update_params(root, TINY)
+    update_params(root, {**TINY, **LOOP})
     run(["git", "commit", "-qam", "tiny params"], root)
     run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], root, extra_env=airflow_env(root))
     return root
 
 
 @pytest.fixture(scope="module")
-def trained(project):
-    "One training run through `dag.test()`: the whole pipeline, each stage a task."
-    t0 = time.monotonic()
-    result, log = driver(project, "test", TRAINING, "2020-10-01", DEVCHANGE_RETRIES=0)
-    (project / "airflow" / "home" / "training-dag-test.log").write_text(log)  # kept for a post-mortem
-    print(f"training DAG with dag.test(): {time.monotonic() - t0:.0f} s")
-    return result, log
+def champion(project):
+    "The pipeline's first challenger becomes champion, as a team does before going live."
+    run(["dvc", "repro"], project)
+    out = run(["devchange", "promote"], project).stdout
+    assert "champion: v1" in out, out
+    return out
 
 
 # ---------------------------------------------------------------- the DAG folder, as Airflow parses it
@@ -96,17 +98,14 @@ def test_dag_folder_imports_without_errors(parsed):
     assert set(dags["dags"]) == {TRAINING, MONTHLY}, out[-3000:]
 
 
-def test_training_dag_is_the_dvc_pipeline(project, parsed):
+def test_training_dag_is_one_retrain_task(project, parsed):
     dag = parsed[0]["dags"][TRAINING]
-    tasks = dag["tasks"]
-    assert [t["task_id"] for t in tasks] == stages(project)  # dvc.yaml's order
-    for previous, t in zip([None] + tasks, tasks):
-        assert t["upstream"] == ([previous["task_id"]] if previous else [])  # a chain: one stage at a time
-        assert t["operator"] == "BashOperator"
-        assert f"dvc repro --single-item {t['task_id']}" in t["bash_command"]
-        assert str(BIN.parent / "bin") in t["bash_command"]  # the project's environment first on PATH
-        assert t["cwd"] == str(project)
-        assert (t["retries"], t["retry_delay_s"], t["timeout_s"], t["queue"]) == (1, 300, 7200, "default")  # defaults
+    [task] = dag["tasks"]
+    assert (task["task_id"], task["operator"]) == ("retrain", "BashOperator")
+    assert 'devchange retrain ${DEVCHANGE_RETRAIN_MONTH:+--month "$DEVCHANGE_RETRAIN_MONTH"}' in task["bash_command"]
+    assert str(BIN.parent / "bin") in task["bash_command"]  # the project's environment first on PATH
+    assert task["cwd"] == str(project)
+    assert (task["retries"], task["retry_delay_s"], task["timeout_s"], task["queue"]) == (1, 300, 7200, "default")
     assert dag["timetable"] == "NullTimetable"  # triggered: by hand, or by the monthly DAG
     assert dag["max_active_runs"] == 1
 
@@ -116,17 +115,18 @@ def test_monthly_dag_shape(project, parsed):
     assert dag["timetable"] == "CronDataIntervalTimetable" and dag["cron"] == "0 6 1 * *"
     assert dag["max_active_runs"] == 1 and dag["catchup"] is False
     tasks = {t["task_id"]: t for t in dag["tasks"]}
-    assert list(tasks) == ["score_month", "evaluate_previous_month", "promote", "trigger_training"]
+    assert list(tasks) == ["evaluate_previous_month", "promote", "score_month", "retrain_needed", "retrain"]
     assert {k: (t["upstream"], t["trigger_rule"]) for k, t in tasks.items()} == {
-        "score_month": ([], "all_success"),
-        "evaluate_previous_month": (["score_month"], "all_done"),
-        "promote": (["evaluate_previous_month", "score_month"], "none_failed"),
-        "trigger_training": (["evaluate_previous_month"], "one_failed"),
+        "evaluate_previous_month": ([], "all_success"),
+        "promote": (["evaluate_previous_month"], "none_failed"),
+        "score_month": (["promote"], "none_failed"),
+        "retrain_needed": (["score_month"], "none_failed"),
+        "retrain": (["retrain_needed"], "all_success"),
     }
-    assert [tasks[k]["retries"] for k in tasks] == [1, 0, 1, 0]  # a verdict is not retried
-    assert "devchange score-month --features" in tasks["score_month"]["bash_command"]
-    assert "--fail-on-retrain" in tasks["evaluate_previous_month"]["bash_command"]
+    assert [tasks[k]["operator"] for k in tasks] == ["BashOperator"] * 3 + ["ShortCircuitOperator", "TriggerDagRunOperator"]
+    assert "devchange evaluate-month --targets" in tasks["evaluate_previous_month"]["bash_command"]
     assert "devchange promote" in tasks["promote"]["bash_command"]
+    assert "devchange score-month --features" in tasks["score_month"]["bash_command"]
     assert all(tasks[k]["cwd"] == str(project) for k in ("score_month", "evaluate_previous_month", "promote"))
 
 
@@ -140,8 +140,8 @@ def test_settings_come_from_the_environment(project):
     assert {t["queue"] for t in training["tasks"] + monthly["tasks"]} == {"devchange"}
     assert training["cron"] == "0 0 * * 0"  # @weekly
     assert monthly["cron"] == "0 2 3 * *"
-    assert [t["task_id"] for t in monthly["tasks"]] == ["score_month", "evaluate_previous_month", "promote"]
-    assert "/srv/stream/" in monthly["tasks"][0]["bash_command"]
+    assert [t["task_id"] for t in monthly["tasks"]] == ["evaluate_previous_month", "promote", "score_month"]
+    assert "/srv/stream/" in monthly["tasks"][2]["bash_command"]
     # a value the DAGs cannot use is an import error that names the variable
     broken = driver(project, "dags", DEVCHANGE_RETRIES="three")[0]
     assert set(broken["dags"]) == set() and len(broken["import_errors"]) == 2
@@ -162,125 +162,16 @@ def test_month_of_a_logical_date():
         s.month_end(None)
 
 
-# ---------------------------------------------------------------- training: dag.test() runs the pipeline
+# ---------------------------------------------------------------- training: refused with nothing labelled
 
-def test_training_dag_runs_every_stage(project, trained):
-    result, log = trained
-    assert result["state"] == "success", log[-6000:]
-    assert result["tasks"] == {s: "success" for s in stages(project)}
-    for stage in stages(project):
-        assert f"Running stage '{stage}'" in log, f"{stage}: DVC did not run it"
-        assert (project / "reports" / f"{stage}.html").stat().st_size > 0
-    for f in ("data/raw/user_features.feather", "data/processed/train.parquet", "data/predictions/oof.parquet",
-              "models/model.joblib", "reports/metrics/cv.json", "data/predictions/scoring.parquet"):
-        assert (project / f).stat().st_size > 0, f
-    # the tasks ran DVC in the copy: its pipeline is now up to date
-    assert "up to date" in run(["dvc", "status"], project).stdout
-
-
-def test_training_dag_tracks_to_the_project_store(project, trained):
-    assert trained[0]["state"] == "success"
+def test_training_dag_refuses_to_retrain_before_any_month_is_labelled(project, champion):
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")  # the embedded store at the copy's root
-    runs = client.search_runs([client.get_experiment_by_name("devchange").experiment_id])
-    names = {r.info.run_name for r in runs}
-    assert "train" in names and any(n.startswith("pipeline") for n in names), names
-    assert {"lightgbm", "logreg"} <= names
-    model = client.get_registered_model("devchange")
-    assert "challenger" in model.aliases
-
-
-# ---------------------------------------------------------------- monthly production: dag.test() month by month
-
-@pytest.fixture(scope="module")
-def champion(project, trained):
-    "The trained challenger becomes champion (`make promote`), as a team would before going live."
-    assert trained[0]["state"] == "success"
-    out = run(["devchange", "promote"], project).stdout
-    assert "champion: v1" in out, out
-    return out
-
-
-def monthly_run(project: Path, logical_date: str) -> tuple[dict, str]:
-    t0 = time.monotonic()
-    result, log = driver(project, "test", MONTHLY, logical_date, DEVCHANGE_RETRIES=0)
-    print(f"monthly DAG for {logical_date} with dag.test(): {time.monotonic() - t0:.0f} s")
-    return result, log
-
-
-def production(project: Path, month: str) -> Path:
-    return project / "data" / "production" / month
-
-
-@pytest.fixture(scope="module")
-def october(project, champion):
-    "October 2020: scored; September's targets are not in the stream, so nothing to evaluate."
-    return monthly_run(project, "2020-10-01T06:00:00")
-
-
-@pytest.fixture(scope="module")
-def november_before_targets(project, october):
-    "November 2020, while October's targets have not arrived yet."
-    targets = project / "data/stream/2020-10-31/targets.feather"
-    late = targets.with_name("targets.feather.late")
-    targets.rename(late)
-    try:
-        return monthly_run(project, "2020-11-01T06:00:00")
-    finally:
-        late.rename(targets)
-
-
-@pytest.fixture(scope="module")
-def november_after_targets(project, november_before_targets):
-    "November 2020 again (another logical date in November), now that October's targets are in."
-    return monthly_run(project, "2020-11-15T00:00:00")
-
-
-def test_monthly_scores_the_logical_dates_month(project, october):
-    result, log = october
-    assert result["state"] == "success", log[-6000:]
-    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "skipped",
-                               "promote": "success", "trigger_training": "skipped"}
-    out = production(project, "2020-10-31")
-    assert {"features.parquet", "scores.parquet", "monitoring.json"} <= {f.name for f in out.iterdir()}
-    assert json.loads((out / "monitoring.json").read_text())["model"]["version"] == 1  # the champion
-    assert "targets of 2020-09-30 have not arrived" in log
-    assert "champion: v1" in log  # promote ran and kept the champion
-
-
-def test_monthly_skips_evaluation_until_targets_arrive(project, november_before_targets):
-    result, log = november_before_targets
-    assert result["state"] == "success", log[-6000:]
-    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "skipped",
-                               "promote": "success", "trigger_training": "skipped"}
-    assert (production(project, "2020-11-30") / "scores.parquet").is_file()  # this month's scores are written
-    assert re.search(r"targets of 2020-10-31 have not arrived \(\S*data/stream/2020-10-31/targets.feather\): "
-                     r"evaluation skipped", log), log[-6000:]
-    october = json.loads((production(project, "2020-10-31") / "monitoring.json").read_text())
-    assert not october.get("performance") and not (production(project, "2020-10-31") / "targets.parquet").exists()
-
-
-def test_monthly_fails_with_the_verdicts_reasons_on_retrain(project, november_after_targets):
-    result, log = november_after_targets
-    assert result["state"] == "failed", log[-6000:]
-    assert result["tasks"] == {"score_month": "success", "evaluate_previous_month": "failed",
-                               "promote": "upstream_failed", "trigger_training": "success"}
-    verdict = json.loads((production(project, "2020-10-31") / "monitoring.json").read_text())["verdict"]
-    assert verdict["status"] == "retrain" and verdict["reasons"]
-    assert "month 2020-10-31 needs retraining" in log
-    for reason in verdict["reasons"]:
-        assert reason in log, reason
-    assert "Command exited with return code 3" in log  # the verdict failed the task, not an error
-    # the training DAG was triggered, saying why
-    training = [r for r in result["runs"] if r["dag_id"] == TRAINING and r["conf"]]
-    assert [r["conf"] for r in training] == [{"reason": "devchange_monthly: evaluation of 2020-10-31 failed"}]
-    # every production command logged its run to the copy's store
-    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
-    exp = client.get_experiment_by_name("devchange-production")
-    kinds = {(r.data.tags["devchange.kind"], r.data.tags["devchange.month"]): r
-             for r in client.search_runs([exp.experiment_id])}
-    assert {("production-score", "2020-10-31"), ("production-score", "2020-11-30"),
-            ("production-evaluate", "2020-10-31")} <= set(kinds)
-    assert kinds[("production-evaluate", "2020-10-31")].data.tags["devchange.verdict"] == "retrain"
+    before = len(client.search_model_versions("name = 'devchange'"))
+    result, log = driver(project, "test", TRAINING, "2020-10-01", DEVCHANGE_RETRIES=0)
+    assert result["state"] == "failed" and result["tasks"] == {"retrain": "failed"}, log[-4000:]
+    assert "devchange retrain: no labelled month yet" in log, log[-4000:]
+    assert len(client.search_model_versions("name = 'devchange'")) == before
+    assert "refs/exps" not in run(["git", "for-each-ref"], project).stdout
 
 
 # ---------------------------------------------------------------- the real scheduler, through `make airflow`
@@ -342,73 +233,200 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def test_scheduler_runs_the_training_dag(project, trained, tmp_path):
-    assert trained[0]["state"] == "success"
-    port = free_port()
-    log_path = tmp_path / "make-airflow.log"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVCHANGE_RETRIES": "0"}
-    for k in ("MLFLOW_TRACKING_URI", "DEVCHANGE_ROOT", "AIRFLOW_HOME"): env.pop(k, None)
-    t0 = time.monotonic()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            ["make", "airflow", f"AIRFLOW_PORT={port}", f"VENV={BIN.parent}", f"AIRFLOW_VENV={AIRFLOW_BIN.parent}"],
-            cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}"
-    try:
-        # up: the UI answers, the scheduler and the DAG processor report healthy, both DAGs parsed
+def _snapshot(root: Path) -> dict:
+    "Every file production wrote, with its bytes' hash, and the registry's versions and aliases."
+    import hashlib
+    files = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted((root / "data/production").rglob("*")) if p.is_file()}
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    versions = sorted((int(v.version), tuple(sorted(v.tags.items()))) for v in client.search_model_versions("name = 'devchange'"))
+    return {"files": files, "versions": versions, "aliases": dict(client.get_registered_model("devchange").aliases),
+            "exps": run(["git", "for-each-ref", "refs/exps"], root).stdout}
+
+
+class Airflow:
+    "`make airflow` in the copy, and a REST session logged in as admin."
+
+    def __init__(self, root: Path, log_path: Path):
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DEVCHANGE_RETRIES": "0"}
+        for k in ("MLFLOW_TRACKING_URI", "DEVCHANGE_ROOT", "AIRFLOW_HOME"): env.pop(k, None)
+        self.log_path, t0 = log_path, time.monotonic()
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                ["make", "airflow", f"AIRFLOW_PORT={self.port}", f"VENV={BIN.parent}",
+                 f"AIRFLOW_VENV={AIRFLOW_BIN.parent}"],
+                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline, health = time.monotonic() + START_S, {}
-        while True:
-            assert proc.poll() is None, f"make airflow exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}"
+        while True:  # up: the scheduler, the DAG processor and the triggerer report healthy
+            assert self.proc.poll() is None, f"make airflow exited ({self.proc.returncode}):\n{log_path.read_text()[-4000:]}"
             try:
-                health = requests.get(f"{api}/api/v2/monitor/health", timeout=5).json()
-                if all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")):
+                health = requests.get(f"{self.api}/api/v2/monitor/health", timeout=5).json()
+                if all(health.get(c, {}).get("status") == "healthy"
+                       for c in ("metadatabase", "scheduler", "dag_processor", "triggerer")):
                     break
             except requests.RequestException:
                 pass
             assert time.monotonic() < deadline, f"not healthy after {START_S} s: {health}\n{log_path.read_text()[-4000:]}"
             time.sleep(2)
-        started = time.monotonic() - t0
-        out = log_path.read_text()
-        assert "airflow/home/simple_auth_manager_passwords.json.generated" in out  # make airflow says where
-        password = json.loads((project / "airflow/home/simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        token = requests.post(f"{api}/auth/token", json={"username": "admin", "password": password},
+        self.started_s = time.monotonic() - t0
+        password = json.loads((root / "airflow/home/simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        token = requests.post(f"{self.api}/auth/token", json={"username": "admin", "password": password},
                               timeout=30).json()["access_token"]
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {token}"
-        assert "<html" in requests.get(f"{api}/", timeout=30).text.lower()  # the UI
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"Bearer {token}"
         deadline = time.monotonic() + START_S
         while True:
-            dags = s.get(f"{api}/api/v2/dags", timeout=30).json()["dags"]
-            if {d["dag_id"] for d in dags} >= {TRAINING, MONTHLY}: break
-            assert time.monotonic() < deadline, f"DAGs not parsed after {START_S} s: {dags}"
+            self.dags = self.s.get(f"{self.api}/api/v2/dags", timeout=30).json()["dags"]
+            if {d["dag_id"] for d in self.dags} >= {TRAINING, MONTHLY}: break
+            assert time.monotonic() < deadline, f"DAGs not parsed after {START_S} s: {self.dags}"
             time.sleep(2)
-        assert all(d["is_paused"] for d in dags)  # nothing runs before someone says so
-        # every listening socket of everything `make airflow` started is on 127.0.0.1
-        listening = _listening(_session_pids(proc.pid))
-        assert ("127.0.0.1", port) in listening and {a for a, _ in listening} == {"127.0.0.1"}, listening
 
-        # trigger the training DAG through the REST API and wait for the scheduler to run it
-        assert s.patch(f"{api}/api/v2/dags/{TRAINING}", json={"is_paused": False}, timeout=30).ok
-        t1 = time.monotonic()
-        r = s.post(f"{api}/api/v2/dags/{TRAINING}/dagRuns", json={"logical_date": None, "conf": {"by": "test"}}, timeout=30)
+    def get(self, path: str, **params) -> dict:
+        r = self.s.get(f"{self.api}/api/v2/{path}", params=params, timeout=30)
         assert r.ok, r.text
-        run_id = r.json()["dag_run_id"]
-        deadline = time.monotonic() + SCHEDULER_RUN_S
-        while True:
-            state = s.get(f"{api}/api/v2/dags/{TRAINING}/dagRuns/{run_id}", timeout=30).json()["state"]
-            if state in ("success", "failed"): break
-            assert time.monotonic() < deadline, f"run {run_id} still {state} after {SCHEDULER_RUN_S} s"
+        return r.json()
+
+    def send(self, method: str, path: str, body: dict) -> dict:
+        r = self.s.request(method, f"{self.api}/api/v2/{path}", json=body, timeout=30)
+        assert r.ok, r.text
+        return r.json()
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
+
+    def wait(self, done, what: str, timeout_s: float = SCHEDULER_RUN_S):
+        deadline = time.monotonic() + timeout_s
+        while not (result := done()):
+            assert time.monotonic() < deadline, f"{what}: not done after {timeout_s} s; " + json.dumps(
+                {d: [(r["dag_run_id"], r["state"]) for r in self.runs(d)] for d in (MONTHLY, TRAINING)})
             time.sleep(3)
-        took = time.monotonic() - t1
-        tis = s.get(f"{api}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances", timeout=30).json()["task_instances"]
-        states = {t["task_id"]: t["state"] for t in tis}
-        logs = {t: _task_log(s, f"{api}/api/v2/dags/{TRAINING}/dagRuns/{run_id}/taskInstances/{t}/logs/1")
-                for t in states}
-        assert state == "success", (states, {t: logs[t][-3000:] for t, st in states.items() if st != "success"})
-        assert states == {stage: "success" for stage in stages(project)}
-        for stage in stages(project):  # DVC decided: the dag.test() run left nothing to do
-            assert f"Stage '{stage}' didn't change, skipping" in logs[stage], logs[stage][-3000:]
-        print(f"make airflow healthy after {started:.0f} s; triggered training run (all stages up to date) took {took:.0f} s")
+        return result
+
+    def task_logs(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.get(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: _task_log(self.s, f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/"
+                                                f"{t['task_id']}/logs/{max(t['try_number'], 1)}")
+                for t in tis if t["state"] not in ("skipped", None)}
+
+    def stop(self):
+        _stop(self.proc)
+        assert not _session_pids(self.proc.pid), "processes of make airflow still running"
+
+
+def _backfilled(af: Airflow) -> list[dict] | None:
+    runs = [r for r in af.runs(MONTHLY) if r["run_type"] == "backfill"]
+    return runs if len(runs) == len(MONTHS) and all(r["state"] in ("success", "failed") for r in runs) \
+        and all(r["state"] in ("success", "failed") for r in af.runs(TRAINING)) else None
+
+
+@pytest.fixture(scope="module")
+def scheduled(project, champion, tmp_path_factory):
+    """The monthly DAG backfilled over the generated months by the real scheduler, then one month run again."""
+    af = Airflow(project, tmp_path_factory.mktemp("airflow-log") / "make-airflow.log")
+    out = {"airflow": af, "started_s": af.started_s, "paused_at_start": all(d["is_paused"] for d in af.dags),
+           "listening": _listening(_session_pids(af.proc.pid))}
+    try:
+        t0 = time.monotonic()
+        af.send("PATCH", f"dags/{TRAINING}", {"is_paused": False})
+        af.send("POST", "backfills", {"dag_id": MONTHLY, "from_date": "2020-09-01T00:00:00Z",
+                                      "to_date": "2020-12-01T12:00:00Z", "max_active_runs": 1})
+        af.send("PATCH", f"dags/{MONTHLY}", {"is_paused": False})
+        out["monthly"] = af.wait(lambda: _backfilled(af), "the backfill")
+        out["backfill_s"] = time.monotonic() - t0
+        out["training"] = af.runs(TRAINING)
+        out["logs"] = {r["dag_run_id"]: af.task_logs(MONTHLY, r["dag_run_id"]) for r in out["monthly"]}
+        out["logs"].update({r["dag_run_id"]: af.task_logs(TRAINING, r["dag_run_id"]) for r in out["training"]})
+        out["before_rerun"] = _snapshot(project)
+        # run November again: clear its tasks, the scheduler runs them again
+        november = next(r for r in out["monthly"] if r["logical_date"].startswith("2020-11-01"))
+        af.send("POST", f"dags/{MONTHLY}/clearTaskInstances",
+                {"dry_run": False, "only_failed": False, "reset_dag_runs": True, "dag_run_id": november["dag_run_id"]})
+        out["rerun"] = af.wait(lambda: next((r for r in af.runs(MONTHLY) if r["dag_run_id"] == november["dag_run_id"]
+                                             and r["state"] in ("success", "failed")), None), "the rerun")
+        out["rerun_logs"] = af.task_logs(MONTHLY, november["dag_run_id"])
+        out["training_after_rerun"] = af.runs(TRAINING)
+        out["after_rerun"] = _snapshot(project)
+        print(f"make airflow healthy after {af.started_s:.0f} s; backfill of {len(MONTHS)} months "
+              f"with {len(out['training'])} retrains: {out['backfill_s']:.0f} s")
     finally:
-        _stop(proc)
-    assert not _session_pids(proc.pid), "processes of make airflow still running"
+        af.stop()
+    return out
+
+
+def _doc(root: Path, month: str, version: int | None = None) -> dict:
+    folder = root / "data/production" / month
+    return json.loads(((folder / "shadow" / f"v{version}") if version else folder).joinpath("monitoring.json").read_text())
+
+
+def test_airflow_starts_paused_and_listens_on_localhost_only(scheduled):
+    assert scheduled["paused_at_start"]  # nothing runs before someone says so
+    assert {a for a, _ in scheduled["listening"]} == {"127.0.0.1"}, scheduled["listening"]
+
+
+def test_the_scheduler_runs_every_month_in_order(project, scheduled):
+    runs = scheduled["monthly"]
+    assert [r["logical_date"][:10] for r in runs] == ["2020-09-01", "2020-10-01", "2020-11-01", "2020-12-01"]
+    assert [r["state"] for r in runs] == ["success"] * 4, {k: {t: v[-2000:] for t, v in logs.items()}
+                                                            for k, logs in scheduled["logs"].items()}
+    for month in MONTHS:
+        assert _doc(project, month)["model"]["version"] >= 1 and (project / f"data/production/{month}/scores.parquet").is_file()
+    for month in MONTHS[:-1]:  # evaluated by the next month's run, and in the labelled store
+        assert _doc(project, month)["performance"]["n_with_target"] > 0
+        assert (project / f"data/labelled/{month}.dvc").is_file()
+    first = scheduled["logs"][runs[0]["dag_run_id"]]
+    assert "targets of 2020-08-31 have not arrived" not in first.get("evaluate_previous_month", "")  # skipped: no log
+
+
+def test_a_retrain_verdict_triggers_training_on_the_window_ending_at_that_month(project, scheduled):
+    retrained = [m for m in MONTHS[:-1] if _doc(project, m)["verdict"]["status"] == "retrain"]
+    assert retrained, {m: _doc(project, m)["verdict"] for m in MONTHS}  # the world drifts: the loop must turn
+    training = scheduled["training"]
+    assert sorted(r["dag_run_id"] for r in training) == [f"retrain__{m}" for m in retrained]
+    assert all(r["state"] == "success" for r in training), {r["dag_run_id"]: scheduled["logs"][r["dag_run_id"]]
+                                                            for r in training}
+    assert all(r["conf"]["month"] == r["dag_run_id"].split("__")[1] for r in training)
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    records = json.loads((project / "data/production/retrains.json").read_text())
+    assert [r["month"] for r in records] == retrained
+    for r in records:
+        tags = client.get_model_version("devchange", str(r["version"])).tags
+        assert tags["devchange.window_last"] == r["month"] and tags["devchange.dvc_exp"] == f"retrain-{r['month'][:7]}"
+        assert r["experiment"] in scheduled["logs"][f"retrain__{r['month']}"]["retrain"]
+
+
+def test_the_new_challenger_shadows_the_next_month_and_is_promoted_when_it_wins(project, scheduled):
+    records = json.loads((project / "data/production/retrains.json").read_text())
+    decisions = json.loads((project / "data/production/promotions.json").read_text())
+    margin = yaml.safe_load((project / "params.yaml").read_text())["promotion"]["margin"]
+    for r in records:
+        nxt = MONTHS[MONTHS.index(r["month"]) + 1]
+        shadow = _doc(project, nxt, r["version"])  # scored blind: trained up to r["month"], before nxt's targets
+        assert shadow["shadow"] in ("challenger", "previous_champion")
+        assert shadow["model"]["last_train_month"] == r["month"]
+        if nxt == MONTHS[-1]: continue  # December's targets come after the backfill
+        decided = [d for d in decisions if d["challenger_version"] == r["version"] and d["evaluation_month"] == nxt]
+        if not decided: continue  # a newer retrain took its place as challenger before it was decided
+        d = decided[0]
+        assert d["challenger_lift"] == shadow["performance"]["lift_at_k"]
+        assert d["champion_lift"] == _doc(project, nxt)["performance"]["lift_at_k"]
+        assert d["promoted"] == (d["challenger_lift"] > d["champion_lift"] + margin), d
+    assert any(d["evaluation_month"] is not None for d in decisions), decisions  # the loop decided at least once
+
+
+def test_running_a_month_again_changes_nothing(scheduled):
+    assert scheduled["rerun"]["state"] == "success", scheduled["rerun_logs"]
+    assert scheduled["after_rerun"] == scheduled["before_rerun"]
+    assert len(scheduled["training_after_rerun"]) == len(scheduled["training"])  # no second retrain of a month
+
+
+def test_emulate_afterwards_changes_no_month_the_scheduler_ran(project, scheduled):
+    before = scheduled["after_rerun"]
+    out = run(["devchange", "emulate"], project).stdout
+    after = _snapshot(project)
+    changed = {f for f in set(before["files"]) | set(after["files"]) if before["files"].get(f) != after["files"].get(f)}
+    assert all(f.startswith(f"data/production/{MONTHS[-1]}/") or f.endswith(("promotions.json", "retrains.json"))
+               for f in changed), changed  # only December, whose targets it evaluated
+    for month in MONTHS:
+        assert month in out

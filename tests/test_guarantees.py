@@ -136,7 +136,7 @@ BAD_PARAMETERS = [  # -S value, the key the message names, what it expects, what
     ("cv.candidates=[lightgbm,xgboost]", "cv.candidates", "names defined under models", "'xgboost'"),
     ("+models.oracle={kind:lightgbm,params:{}}", "models.oracle", "a name other than 'oracle'", "'oracle'"),
     ("generate.n_users=-5", "generate.n_users", "at least 10", "-5"),
-    ("cv.n_folds=5", "cv.n_folds", "fewer than the 5 generated training months", "5"),
+    ("cv.n_folds=5", "cv.n_folds", "fewer than the 5 months of the training window", "5"),
     ("cv.n_folds=four", "cv.n_folds", "an integer", "'four'"),
 ]
 

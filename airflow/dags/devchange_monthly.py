@@ -1,25 +1,30 @@
 """
-### devchange monthly: score a month, evaluate the month before, promote
+### devchange monthly: evaluate the month before, promote, score the month, retrain when told to
 
 For the month of the run's **logical date** (its last day, e.g. 2020-11-30 for any logical
 date in November; the wall clock is never used). With the monthly schedule a run's logical
 date is the start of the month it covers, and the run starts once that month is over.
 
-1. `score_month`: `devchange score-month` on `<stream>/<month>/features.feather` with the
-   registry's `champion` (writes `data/production/<month>/`).
-2. `evaluate_previous_month`: when the previous month's targets have arrived
-   (`<stream>/<previous month>/targets.feather`), `devchange evaluate-month --fail-on-retrain`:
-   performance, drift and the verdict. Not arrived: the task is **skipped** and its log says so.
-   Verdict `retrain`: the task fails with the verdict's reasons in its log, so the run fails;
-   it is not retried (the same files give the same verdict).
-3. `promote`: `devchange promote` moves `champion` only if the challenger wins.
-4. `trigger_training`: only when the evaluation failed, triggers `devchange_training`.
+1. `evaluate_previous_month`: when the previous month's targets have arrived
+   (`<stream>/<previous month>/targets.feather`), `devchange evaluate-month`: performance,
+   drift and the verdict for the champion's list and every shadow list; the month joins the
+   labelled store (DVC). Not arrived: the task is **skipped** and its log says so.
+2. `promote`: `devchange promote` compares challenger and champion on the newest month with
+   targets that both scored blind, and moves `champion` only if the challenger wins.
+3. `score_month`: `devchange score-month` on `<stream>/<month>/features.feather` with the
+   `champion`, and with the challenger in the shadow (`data/production/<month>/`). Features
+   not arrived: **skipped** (so unpausing the DAG for a backfill runs nothing for today's month).
+4. `retrain_needed` → `retrain`: when the previous month's verdict is `retrain`, triggers
+   `devchange_training` for the window ending at that month (run id `retrain__<month>`: a
+   rerun of the month triggers nothing new) and waits for it, so the new challenger shadows
+   this month before the next run compares it.
 
 Settings (stream folder, environment, tracking URI, retries): see `devchange_settings.py`.
 """
 from datetime import datetime, timezone
 
 from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, TriggerRule
 
@@ -30,11 +35,11 @@ PREVIOUS = "{{ previous_month_end(logical_date) }}"
 
 with DAG(
     dag_id=settings.MONTHLY_DAG_ID,
-    description="score the month with the champion, evaluate the previous month, promote",
+    description="evaluate the previous month, promote, score the month, retrain on a retrain verdict",
     # a data-interval schedule: the run covering November has logical date November 1st and
     # starts when November is over
     schedule=CronDataIntervalTimetable(settings.MONTHLY_CRON, timezone="UTC"),
-    start_date=datetime(2020, 10, 1, tzinfo=timezone.utc),
+    start_date=datetime(2020, 9, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # months in order: evaluating a month needs the run that scored it
     default_args=settings.default_args(),
@@ -44,12 +49,6 @@ with DAG(
 ) as dag:
     common = {"cwd": str(settings.ROOT), "env": settings.env(), "append_env": True}
 
-    score = BashOperator(
-        task_id="score_month",
-        bash_command=settings.project_command(
-            f'devchange score-month --features "{settings.STREAM_DIR}/{MONTH}/features.feather"'),
-        **common,
-    )
     evaluate = BashOperator(
         task_id="evaluate_previous_month",
         bash_command=settings.project_command(
@@ -58,10 +57,8 @@ with DAG(
             f'  echo "targets of {PREVIOUS} have not arrived ($targets): evaluation skipped"\n'
             f'  exit 99\n'
             f'fi\n'
-            f'devchange evaluate-month --targets "$targets" --fail-on-retrain'),
+            f'devchange evaluate-month --targets "$targets"'),
         skip_on_exit_code=99,
-        retries=0,  # its failure is a verdict (or bad input): a retry would say the same
-        trigger_rule=TriggerRule.ALL_DONE,  # the previous month is evaluated even if scoring this one failed
         **common,
     )
     promote = BashOperator(
@@ -70,15 +67,37 @@ with DAG(
         trigger_rule=TriggerRule.NONE_FAILED,  # also when there was nothing to evaluate
         **common,
     )
-    score >> evaluate
-    [score, evaluate] >> promote  # a failed scoring or evaluation fails the run through here
+    score = BashOperator(
+        task_id="score_month",
+        bash_command=settings.project_command(
+            f'features="{settings.STREAM_DIR}/{MONTH}/features.feather"\n'
+            f'if [ ! -e "$features" ]; then\n'
+            f'  echo "features of {MONTH} have not arrived ($features): nothing to score"\n'
+            f'  exit 99\n'
+            f'fi\n'
+            f'devchange score-month --features "$features"'),
+        skip_on_exit_code=99,
+        trigger_rule=TriggerRule.NONE_FAILED,
+        **common,
+    )
+    evaluate >> promote >> score
 
     if settings.RETRAIN_TRIGGERS_TRAINING:
-        trigger = TriggerDagRunOperator(
-            task_id="trigger_training",
+        needed = ShortCircuitOperator(
+            task_id="retrain_needed",
+            python_callable=settings.retrain_needed,
+            op_args=[PREVIOUS],
+            trigger_rule=TriggerRule.NONE_FAILED,
+        )
+        retrain = TriggerDagRunOperator(
+            task_id="retrain",
             trigger_dag_id=settings.TRAINING_DAG_ID,
-            conf={"reason": f"devchange_monthly: evaluation of {PREVIOUS} failed"},
-            trigger_rule=TriggerRule.ONE_FAILED,
+            trigger_run_id=f"retrain__{PREVIOUS}",
+            conf={"month": PREVIOUS, "reason": f"devchange_monthly: the verdict of {PREVIOUS} is retrain"},
+            skip_when_already_exists=True,  # a rerun of this month: that retrain exists
+            wait_for_completion=True,
+            deferrable=True,  # waits in the triggerer, not in a worker slot the training run needs
+            poke_interval=10,
             retries=0,
         )
-        evaluate >> trigger
+        score >> needed >> retrain

@@ -14,7 +14,7 @@ scheduler, workers), with a default that works in a fresh clone started by `make
 | DEVCHANGE_TASK_TIMEOUT_S        | 7200                              | a task running longer fails              |
 | DEVCHANGE_TRAINING_SCHEDULE     | unset: triggered only             | cron or preset (@weekly) for training    |
 | DEVCHANGE_MONTHLY_CRON          | 0 6 1 * *                         | when a month's production run starts     |
-| DEVCHANGE_RETRAIN_TRIGGERS_TRAINING | true                          | a failed evaluation triggers training    |
+| DEVCHANGE_RETRAIN_TRIGGERS_TRAINING | true                          | a `retrain` verdict triggers training    |
 | DEVCHANGE_QUEUE                 | unset: Airflow's default queue    | executor queue of every task             |
 
 Tasks run the project's own commands (`dvc`, `devchange`) in the project's environment, in
@@ -23,12 +23,11 @@ the project root; nothing of the pipeline is written here.
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import shlex
 from datetime import date, datetime, timedelta
 from pathlib import Path
-
-import yaml
 
 
 class SettingsError(ValueError):
@@ -84,18 +83,16 @@ def default_args() -> dict:
     return args
 
 
-def dvc_stages(root: Path = ROOT) -> list[str]:
-    "The pipeline's stages, in dvc.yaml's order (the training DAG's tasks)."
-    dvc_yaml = root / "dvc.yaml"
-    try:
-        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
-    except OSError as e:
-        raise SettingsError(f"{dvc_yaml}: cannot read the pipeline ({e.strerror}); "
-                            "set DEVCHANGE_ROOT to the project's root") from None
-    if not stages: raise SettingsError(f"{dvc_yaml}: no stages")
-    unsupported = [name for name, spec in stages.items() if isinstance(spec, dict) and ("foreach" in spec or "matrix" in spec)]
-    if unsupported: raise SettingsError(f"{dvc_yaml}: foreach/matrix stages are not supported: {unsupported}")
-    return list(stages)
+def retrain_needed(month: str, root: Path = ROOT) -> bool:
+    "Whether `month`'s verdict (data/production/<month>/monitoring.json, once evaluated) is `retrain`."
+    path = root / "data" / "production" / month / "monitoring.json"
+    if not path.is_file():
+        print(f"{path}: not there: {month} was not scored here, nothing to retrain on")
+        return False
+    doc = json.loads(path.read_text())
+    status = doc["verdict"]["status"] if doc.get("performance") else "not evaluated"
+    print(f"verdict of {month}: {status}" + "".join(f"\n  - {r}" for r in doc["verdict"]["reasons"]))
+    return status == "retrain"
 
 
 def project_command(command: str) -> str:

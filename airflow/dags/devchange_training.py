@@ -1,41 +1,42 @@
 """
-### devchange training: the DVC pipeline, one task per stage
+### devchange training: retrain a challenger on the newest labelled months
 
-One task per stage of `dvc.yaml`, in its order, each running
-`dvc repro --single-item <stage>` in the project root with the project's environment.
-DVC decides what is up to date: a stage whose code, data and params did not change is
-skipped by DVC (the task succeeds in a second or two). The `train` stage registers a new
-model version with the alias `challenger`; the monthly DAG promotes it when it wins.
+One task, `devchange retrain`: the DVC pipeline as an experiment named after the month the
+training window ends at (`retrain-2020-11`), run in a temporary copy of the workspace
+(`dvc exp run --temp`), so the workspace is left as it was. The new version is registered
+with the alias `challenger` and tagged with its window, data hash and experiment; it then
+scores the months waiting for their targets in the shadow, and the monthly DAG promotes it
+when it wins.
 
-Runs when triggered (by hand, or by `devchange_monthly` when monitoring says `retrain`), or
-on `DEVCHANGE_TRAINING_SCHEDULE`. Settings: see `devchange_settings.py`.
+Triggered by `devchange_monthly` on a `retrain` verdict, with `{"month": "<the evaluated
+month>"}` as conf: the window ends at that month. Triggered by hand without conf: the window
+ends at the newest labelled month. A retrain that exists already changes nothing.
+Settings: see `devchange_settings.py`.
 """
-import shlex
 from datetime import datetime, timezone
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, chain
+from airflow.sdk import DAG
 
 import devchange_settings as settings
 
 with DAG(
     dag_id=settings.TRAINING_DAG_ID,
-    description="dvc repro, one task per stage of dvc.yaml",
+    description="devchange retrain: the pipeline as a DVC experiment on the newest labelled window",
     schedule=settings.TRAINING_SCHEDULE,
-    start_date=datetime(2020, 10, 1, tzinfo=timezone.utc),
+    start_date=datetime(2020, 9, 1, tzinfo=timezone.utc),
     catchup=False,
-    max_active_runs=1,  # one `dvc repro` per workspace at a time (DVC holds a lock)
+    max_active_runs=1,  # one DVC experiment per workspace at a time
     default_args=settings.default_args(),
     doc_md=__doc__,
     tags=["devchange"],
 ) as dag:
-    chain(*[
-        BashOperator(
-            task_id=stage,
-            bash_command=settings.project_command(f"dvc repro --single-item {shlex.quote(stage)}"),
-            cwd=str(settings.ROOT),
-            env=settings.env(),
-            append_env=True,
-        )
-        for stage in settings.dvc_stages()
-    ])
+    BashOperator(
+        task_id="retrain",
+        # the month travels in an environment variable, never pasted into the shell
+        bash_command=settings.project_command(
+            'devchange retrain ${DEVCHANGE_RETRAIN_MONTH:+--month "$DEVCHANGE_RETRAIN_MONTH"}'),
+        cwd=str(settings.ROOT),
+        env={**settings.env(), "DEVCHANGE_RETRAIN_MONTH": "{{ (dag_run.conf or {}).get('month', '') }}"},
+        append_env=True,
+    )
