@@ -329,7 +329,7 @@ def test_mlflow_refuses_anonymous_requests_and_the_service_account_owns_the_runs
     search = f"{stack.uri}/api/2.0/mlflow/experiments/search?max_results=5"
     assert requests.get(search, timeout=30).status_code == 401  # anonymous
     assert requests.get(search, auth=(stack.settings["MLFLOW_SERVICE_USERNAME"], "wrong"), timeout=30).status_code == 401
-    assert requests.get(search, auth=("admin", "admin"), timeout=30).status_code == 401  # MLflow's default admin
+    assert requests.get(search, auth=("admin", "password"), timeout=30).status_code == 401  # MLflow's default admin
     assert requests.get(f"{stack.uri}/health", timeout=30).status_code == 200  # the one open route
     # the admin sees who may do what: the service account created the experiment and the model, so manages them
     admin = ("admin", stack.settings["MLFLOW_ADMIN_PASSWORD"])
