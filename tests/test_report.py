@@ -168,7 +168,7 @@ def test_the_page_renders_in_headless_chromium(walk, tmp_path):
     p = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--window-size=1280,1000", "--virtual-time-budget=5000", f"--screenshot={shot}",
                         (walk["root"] / "reports" / "production.html").as_uri()],
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=600)  # minutes on a loaded runner
     assert shot.is_file(), p.stderr[-2000:]
     import matplotlib.image as mpimg
     pixels = mpimg.imread(shot)[..., :3]
