@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY, copy_project, run, update_params
 
-SCORED, FRESH = "2020-10-31", "2020-11-30"  # October is scored first; November is not, until the last test
+SCORED, FRESH, DECEMBER = "2020-10-31", "2020-11-30", "2020-12-31"  # October is scored first; the others later
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +109,16 @@ EVALUATE_CASES = [
      "expected an integer dtype"),
     ("month at month start", "t.parquet", lambda t, p: _write(t.assign(month=pd.Timestamp("2020-10-01")), p),
      "not a month-end date"),
-    ("a month never scored", "t.parquet", lambda t, p: _write(t.assign(month=pd.Timestamp("2020-12-31")), p),
-     "month 2020-12-31 was never scored"),
+    ("a month never scored", "t.parquet", lambda t, p: _write(t.assign(month=pd.Timestamp("2021-06-30")), p),
+     "month 2021-06-30 was never scored"),
     ("truncated parquet", "t.parquet", lambda t, p: _cut(p, t), "not a readable parquet file"),
 ]
 
 
 def _state(root) -> dict:
-    "Every file and folder under data/production with its bytes' hash, and the production runs logged."
-    prod_dir = root / "data" / "production"
-    files = {str(p.relative_to(prod_dir)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-             for p in sorted(prod_dir.rglob("*"))}
+    "Every file and folder under data/production and data/labelled with its bytes' hash, and the production runs."
+    files = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+             for d in ("data/production", "data/labelled") for p in sorted((root / d).rglob("*"))}
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("devchange-production")
     runs = sorted((r.info.run_id, json.dumps(r.data.metrics, sort_keys=True), json.dumps(r.data.tags, sort_keys=True))
@@ -153,22 +152,22 @@ def test_evaluate_month_refuses(prod, tmp_path, name, make, says):
 
 
 def test_the_coverage_threshold_is_a_param(prod, tmp_path):
-    "`production.min_target_coverage` decides: the half that was refused at 0.9 is not refused for its coverage at 0.5."
-    t = _targets(prod).iloc[::2]
-    _write(t, tmp_path / "half.parquet")
+    "`production.min_target_coverage` decides: half of December's targets are refused at 0.9 and accepted at 0.5."
+    run(["devchange", "score-month", "--features", f"data/stream/{DECEMBER}/features.feather"], prod)
+    _write(_targets(prod, DECEMBER).iloc[::2], tmp_path / "half.parquet")
+    evaluate = lambda: run(["devchange", "evaluate-month", "--targets", str(tmp_path / "half.parquet")], prod, check=False)
+    p = evaluate()
+    assert p.returncode == 1 and "(production.min_target_coverage)" in p.stderr, p.stderr
     update_params(prod, {"production.min_target_coverage": 1.5})
-    p = run(["devchange", "evaluate-month", "--targets", str(tmp_path / "half.parquet")], prod, check=False)
+    p = evaluate()
     assert p.returncode == 1 and "production.min_target_coverage: expected a share of the scored users in (0, 1]" in p.stderr
     update_params(prod, {"production.min_target_coverage": 0.5})
     try:
-        before = _state(prod)
-        p = run(["devchange", "evaluate-month", "--targets", str(tmp_path / "half.parquet")], prod, check=False)
+        p = evaluate()
         assert p.returncode == 0, p.stderr
-        assert _state(prod) != before
+        assert (prod / f"data/production/{DECEMBER}/targets.parquet").is_file()
     finally:
         update_params(prod, {"production.min_target_coverage": 0.9})
-        # put October back as it was before this test: the full targets
-        run(["devchange", "evaluate-month", "--targets", f"data/stream/{SCORED}/targets.feather"], prod)
 
 
 def test_good_inputs_in_the_documented_shapes_are_accepted(prod, tmp_path):
