@@ -102,6 +102,8 @@ def test_monitor_puts_the_drifted_features_on_top_and_is_not_ok(project):
     drifted = _drifted_features(root)
     assert sorted(list(doc["drift"]["features"])[:len(drifted)]) == drifted, list(doc["drift"]["features"])[:8]
     assert doc["verdict"]["status"] != "ok", doc["verdict"]
+    from devchange.config import load_params
+    from devchange.generate import feature_roles
     roles = feature_roles(load_params(root / "params.yaml").generate)
     brand = roles.loc[roles["role"] == "brand", "feature"].item()
     assert doc["drift"]["features"][brand]["psi"] >= 0.1  # 3% of the month's rows carry a brand never seen in training
