@@ -301,7 +301,8 @@ def test_worse_challenger_keeps_champion_better_one_takes_over(repo, toy, model_
     v3 = _train(toy, "logreg", _summary(3.5, 2.5), model_name)["version"]
     promoted = _decide_and_apply(model_name, v3, {v1: 3.0, v3: 3.5}, margin=0.1)
     assert promoted["decision"] == "promoted" and promoted["champion_version"] == v1
-    assert registry.model_aliases(client, model_name) == {"champion": v3, "challenger": v3}
+    # the replaced champion keeps an alias: it scores the months after the promotion in the shadow
+    assert registry.model_aliases(client, model_name) == {"champion": v3, "challenger": v3, "previous_champion": v1}
 
 
 def test_challenger_below_floor_is_not_promoted(repo, toy, model_name):
