@@ -511,8 +511,11 @@ def test_dvc_push_in_one_container_and_pull_in_a_fresh_clone_give_identical_file
     root = stack.root
     p = sh(stack.compose + ["run", "-T", "--rm", "pipeline", "dvc", "push"], root, timeout=600)
     assert "pushed" in p.stdout + p.stderr, p.stdout + p.stderr
-    # the clone belongs to the containers' user: git (and the upload-pack of a clone) may read it anyway
-    trust = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+    # the clone belongs to the containers' user: git (and the upload-pack of a clone, which reads only the
+    # global and system files for safe.directory) may read it anyway
+    gitconfig = tmp_path_factory.mktemp("gitconfig") / "gitconfig"
+    gitconfig.write_text("[safe]\n\tdirectory = *\n")
+    trust = {"GIT_CONFIG_GLOBAL": str(gitconfig)}
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     sh(git + ["commit", "-qm", "the tiny run", "dvc.lock"], root, extra_env=trust)  # what a person pushes after dvc push
     fresh = tmp_path_factory.mktemp("fresh-clone") / "devchange"
