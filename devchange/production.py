@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
 
 from . import io
 from .config import RAW_FILES, Params, ParamsError, load_params, paths
@@ -23,8 +27,8 @@ from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 
 # %% auto #0
 __all__ = ['EXIT_RETRAIN', 'rank_scores', 'score_summary', 'ProductionError', 'read_month', 'check_features', 'check_targets',
-           'month_dir', 'score_with', 'scorers', 'score_month', 'add_shadows', 'evaluate_month', 'promotion_decision',
-           'lift_on', 'production_months', 'deciding_month', 'record_decision', 'promote', 'main']
+           'month_dir', 'score_with', 'oracle_of', 'scorers', 'score_month', 'add_shadows', 'evaluate_month',
+           'promotion_decision', 'lift_on', 'production_months', 'deciding_month', 'record_decision', 'promote', 'main']
 
 # %% ../nbs/13_production.ipynb #bc4ba2f2
 def rank_scores(keys: pd.DataFrame, probability, k_share: float) -> pd.DataFrame:
@@ -133,14 +137,23 @@ def score_with(model, spec: FeatureSpec, features: pd.DataFrame, k_share: float)
     return rank_scores(typed, predict_proba(model, typed, spec), k_share)
 
 
-def _monitoring(params: Params, version, features, predictions, targets=None) -> dict:
+def _monitoring(params: Params, version, features, predictions, targets=None, oracle=None) -> dict:
     if version.profile is None:
         raise ProductionError(f"{version.name} version {version.version} has no monitoring profile "
                               "(trained before monitoring existed): train and promote a new version")
     return {"model": {"name": version.name, "version": version.version, "last_train_month": version.last_train_month},
             "scores": score_summary(predictions, params.metrics.k_share),
             **monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
-                            params.promotion.floor, params.metrics.k_share, targets=targets)}
+                            params.promotion.floor, params.metrics.k_share, targets=targets, oracle=oracle)}
+
+
+def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None:
+    "The true probabilities of `month` (user_id, probability) when the raw data has them (generated data), else None."
+    path = paths(root).out("oracle")
+    if not path.is_file(): return None
+    table = feather.read_table(path, memory_map=True)
+    table = table.filter(pc.equal(table["month"], pa.scalar(pd.Timestamp(month), table.schema.field("month").type)))
+    return table.select(["user_id", "probability"]).to_pandas() if table.num_rows else None
 
 
 def _sha256(path: str | Path) -> str:
@@ -232,7 +245,8 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
                               f"run `devchange score-month --features <that month's features>` first")
     bad = ~targets[TARGET].isin([0, 1])
     if bad.any(): raise ProductionError(f"{targets_path}: column 'target': {int(bad.sum())} rows outside {{0, 1}}")
-    check_targets(targets, pd.read_parquet(out / "scores.parquet"), targets_path, params.production.min_target_coverage)
+    coverage = check_targets(targets, pd.read_parquet(out / "scores.parquet"), targets_path,
+                             params.production.min_target_coverage)
     targets = targets[["user_id", "month", TARGET]].sort_values("user_id", kind="stable").reset_index(drop=True)
     features = pd.read_parquet(out / "features.parquet")
     if (out / "targets.parquet").is_file():
@@ -242,11 +256,12 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
         window.add_labelled_month(paths(root).root, month, features, targets)  # a no-op unless a push failed
         return io.read_json(out / "monitoring.json")
     tracking.configure(params.tracking.timeout_s)
-    client, docs = MlflowClient(), {}
+    client, docs, oracle = MlflowClient(), {}, oracle_of(month, root)
     for v, folder in scorers(month, root).items():
         version = registry.load_version(client, params.tracking.model_name, version=v)
-        doc = _monitoring(params, version, features, pd.read_parquet(folder / "scores.parquet"), targets)
-        docs[folder] = {**doc, **({"shadow": io.read_json(folder / "monitoring.json")["shadow"]} if folder != out else {})}
+        doc = _monitoring(params, version, features, pd.read_parquet(folder / "scores.parquet"), targets, oracle)
+        docs[folder] = {**doc, "coverage": coverage,
+                        **({"shadow": io.read_json(folder / "monitoring.json")["shadow"]} if folder != out else {})}
     io.write_table(targets, out / "targets.parquet")
     for folder, doc in docs.items():
         io.write_json(doc, folder / "monitoring.json")
@@ -331,7 +346,7 @@ def promote(params: Params, root: str | Path | None = None) -> dict:
     aliases = registry.model_aliases(client, name)
     if CHALLENGER not in aliases:
         raise ProductionError(f"registered model {name!r} has no challenger: `dvc repro` trains and registers one")
-    tags = lambda v: client.get_model_version(name, str(v)).tags
+    tags = functools.cache(lambda v: client.get_model_version(name, str(v)).tags)
     c, p = aliases[CHALLENGER], aliases.get(CHAMPION)
     if tags(c).get("devchange.last_train_month") is None:
         raise ProductionError(f"{name} version {c} has no devchange.last_train_month tag: retrain it")
@@ -369,8 +384,12 @@ def _print_monitoring(doc: dict) -> None:
     print(f"month {doc['month']}: {d['n']} users scored by {doc['model']['name']} v{doc['model']['version']}; "
           f"largest feature drift " + ", ".join(f"{f} PSI {r['psi']:.3f}" for f, r in top)
           + f"; score PSI {d['score_psi']:.3f}")
-    if p: print(f"lift@k {p['lift_at_k']:.3f} (CV band {p['band_low']:.3f}..{p['band_high']:.3f}), "
-                f"precision@k {p['precision_at_k']:.3f}, recall@k {p['recall_at_k']:.3f}")
+    if p: print(f"lift@k {p['lift_at_k']:.3f} (CV band {p['band_low']:.3f}..{p['band_high']:.3f}"
+                + (f", oracle {p['oracle_lift_at_k']:.3f}" if "oracle_lift_at_k" in p else "")
+                + f"), precision@k {p['precision_at_k']:.3f}, recall@k {p['recall_at_k']:.3f}")
+    if c := doc.get("coverage"):
+        print(f"targets for {c['with_target']} of {c['scored_users']} scored users ({c['share']:.1%}); "
+              f"{c['unmatched_target_rows']} target rows match no scored user")
     print(f"verdict: {doc['verdict']['status']} ({doc['verdict']['scope']})")
     for r in doc["verdict"]["reasons"]: print(f"  - {r}")
 

@@ -13,7 +13,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
+
+from devchange.metrics import top_k_metrics
 
 from conftest import TINY, copy_project, run, update_params
 
@@ -187,3 +190,14 @@ def test_good_inputs_in_the_documented_shapes_are_accepted(prod, tmp_path):
     doc = json.loads((prod / f"data/production/{FRESH}/monitoring.json").read_text())
     assert doc["performance"]["n_with_target"] == len(kept), doc["performance"]
     assert "lift@k" in p.stdout and (prod / f"data/production/{FRESH}/targets.parquet").is_file()
+    # its coverage, said and written: targets for 95% of the scored users, 2 rows of users never scored
+    assert doc["coverage"] == {"scored_users": len(f), "with_target": len(kept), "share": len(kept) / len(f),
+                               "unmatched_target_rows": 2}, doc["coverage"]
+    assert f"targets for {len(kept)} of {len(f)} scored users" in p.stdout and "2 target rows match no scored user" in p.stdout
+    # generated data has true probabilities: the month's oracle lift@k, from data/raw/oracle.feather
+    oracle = pd.read_feather(prod / "data/raw/oracle.feather")
+    oracle = scores[["user_id"]].merge(oracle[oracle["month"] == pd.Timestamp(FRESH)], on="user_id")
+    scored = oracle.merge(kept[["user_id", "target"]].astype({"target": "int64"}), on="user_id")
+    k_share = yaml.safe_load((prod / "params.yaml").read_text())["metrics"]["k_share"]
+    assert len(oracle) == len(scores) and doc["performance"]["oracle_lift_at_k"] == pytest.approx(top_k_metrics(
+        scored["target"], scored["probability"], k_share)["lift_at_k"], rel=1e-12), doc["performance"]
