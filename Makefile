@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme lock promote retrain emulate report image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ promote: env  ## move the registry's champion to the challenger if it wins on th
 
 retrain: env  ## train a challenger on the window ending at the newest labelled month, as DVC experiment retrain-YYYY-MM
 	devchange retrain
+
+# make sweep's grid: one queued DVC experiment per combination; override with make sweep SWEEP="--set key=a,b ..."
+SWEEP ?= --set models.lightgbm.params.num_leaves=15,63 --set models.lightgbm.params.min_child_samples=50,200
+SWEEP_JOBS ?= 2
+sweep: env  ## a grid of queued DVC experiments (SWEEP), SWEEP_JOBS at a time, compared from the MLflow store (devchange sweep)
+	devchange sweep $(SWEEP) -j $(SWEEP_JOBS)
 
 emulate: run  ## production month by month over data/stream: score, evaluate, retrain, shadow, promote; prints the timeline
 	devchange emulate

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.feather as feather
 
 from . import io
-from .config import Params, WindowParams, paths
+from .config import Params, ParamsError, WindowParams, paths
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
 from .window import (StoreError, WindowError, _dvc, dvc_command, labelled_months, month_after, month_id,
                               plan_window)
 
 # %% auto #0
-__all__ = ['experiment_name', 'raw_months', 'plan_retrain', 'experiment_ref', 'push_experiment', 'retrains', 'retrain',
-           'stream_inputs', 'run_month', 'emulate', 'timeline', 'print_timeline']
+__all__ = ['QUEUE_STATES', 'experiment_name', 'raw_months', 'plan_retrain', 'experiment_ref', 'push_experiment', 'retrains',
+           'retrain', 'parse_queue_status', 'compare_experiments', 'sweep', 'stream_inputs', 'run_month', 'emulate',
+           'timeline', 'print_timeline']
 
 # %% ../nbs/18_loop.ipynb #384d94f3
 def experiment_name(month: str) -> str:
@@ -130,6 +133,66 @@ def retrain(params: Params, root=None, month: str | None = None) -> dict:
     for m in production.production_months(root): production.add_shadows(m, params, root)
     if CHAMPION in aliases: production.promote(params, root)  # pending: names the month that will decide
     return record
+
+# %% ../nbs/18_loop.ipynb #8a156a8b
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
+
+
+def parse_queue_status(text: str) -> dict[str, str]:
+    "{experiment name: Queued | Running | Success | Failed} from the output of `dvc queue status`."
+    rows = (line.split() for line in text.splitlines())
+    return {r[1]: r[-1] for r in rows if len(r) >= 3 and r[-1] in QUEUE_STATES}
+
+
+def _queue(root) -> dict[str, str]: return parse_queue_status(_dvc(root, "queue", "status"))
+
+
+def compare_experiments(names: list[str], keys: list[str], root=None) -> pd.DataFrame:
+    """One row per experiment of `names` that registered a version: the `keys` (params.yaml paths) it ran with and
+    the version's cross-validation figures of the promotion metric, best mean first."""
+    from mlflow import MlflowClient
+    from devchange import tracking
+    from devchange.names import PROMOTION_METRIC
+    tracking.configure()
+    client, rows = MlflowClient(), []
+    for v in client.search_model_versions(f"tags.`{tracking.DVC_EXP}` != ''"):
+        name = v.tags.get(tracking.DVC_EXP)
+        if name not in names: continue
+        ran = client.get_run(v.run_id).data.tags.get("mlflow.parentRunId")
+        logged = client.get_run(ran).data.params if ran else {}
+        rows.append({"experiment": name, "version": int(v.version),
+                     **{k.rsplit(".", 1)[-1]: logged.get(k) for k in keys},
+                     **{f"{PROMOTION_METRIC} {a}": float(v.tags.get(f"cv_{PROMOTION_METRIC}_{a}", "nan"))
+                        for a in ("mean", "std", "min", "max")}})
+    cols = ["experiment", "version", *(k.rsplit(".", 1)[-1] for k in keys)]
+    table = pd.DataFrame(rows, columns=[*cols, *(f"{PROMOTION_METRIC} {a}" for a in ("mean", "std", "min", "max"))])
+    return table.sort_values(f"{PROMOTION_METRIC} mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def sweep(settings: list[str], jobs: int = 1, root=None, say=print, poll_s: float = 5.0) -> pd.DataFrame:
+    """Queue the grid `settings` (`key=a,b,...` each, as `dvc exp run -S` takes them), run the queue `jobs` at a time,
+    wait for it and compare the experiments (`compare_experiments`). A failed experiment is named with its log's end."""
+    root = paths(root).root
+    bad = [s for s in settings if "=" not in s or not s.split("=", 1)[0]]
+    if not settings or bad:
+        raise ParamsError(f"sweep: expected settings key=a,b,... (a params.yaml path and its values), found {bad or 'none'}")
+    before = set(_queue(root))
+    _dvc(root, "exp", "run", "--queue", *(a for s in settings for a in ("-S", s)))
+    names = [n for n, s in _queue(root).items() if n not in before and s == "Queued"]
+    say(f"queued {len(names)} experiment(s): {', '.join(names)}; running {jobs} at a time")
+    # the workers outlive this call and run `devchange-stage`: they need this environment's bin on PATH
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([dvc_command(), "queue", "start", "-j", str(jobs)], cwd=root, env=env, check=True,
+                   capture_output=True)
+    while any((status := _queue(root)).get(n) in ("Queued", "Running") for n in names): time.sleep(poll_s)
+    failed = [n for n in names if status.get(n) != "Success"]
+    for n in failed:
+        log = subprocess.run([dvc_command(), "queue", "logs", n], cwd=root, capture_output=True, text=True).stdout
+        say(f"{n}: {status.get(n, 'not in the queue')}; its log ends:\n{log.strip()[-1500:]}")
+    table = compare_experiments(names, [s.split("=", 1)[0] for s in settings], root)
+    say(f"{len(names) - len(failed)} of {len(names)} succeeded; `dvc exp show` and the MLflow UI compare them too")
+    return table
+
 
 # %% ../nbs/18_loop.ipynb #3da50532
 def stream_inputs(root=None) -> list[tuple[str, Path, Path]]:

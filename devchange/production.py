@@ -401,7 +401,7 @@ def _champion_line(decision: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "`devchange score-month | evaluate-month | promote | retrain | emulate | report`."
+    "`devchange score-month | evaluate-month | promote | retrain | sweep | emulate | report`."
     parser = argparse.ArgumentParser(prog="devchange", description="Monthly production with the registry's champion.")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score-month", help="score a month's features with the champion, and challengers in the shadow")
@@ -413,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("retrain", help="train a challenger on the window ending at the newest labelled month "
                                        "(a DVC experiment retrain-YYYY-MM)")
     r.add_argument("--month", help="the labelled month the window ends at (default: the newest)")
+    w = sub.add_parser("sweep", help="a grid of queued DVC experiments, run N at a time, compared from the MLflow store")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=A,B,...", dest="settings",
+                   help="a params.yaml path and its values, as `dvc exp run -S` takes them (repeat for a grid)")
+    w.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once (`dvc queue start -j`)")
     sub.add_parser("emulate", help="run production month by month over data/stream: evaluate, promote, score, retrain")
     r = sub.add_parser("report", help="the production report, every month at a glance: reports/production.html")
     r.add_argument("--production-dir", help="production state to read (default data/production)")
@@ -441,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "retrain":
             from devchange.loop import retrain
             print(retrain(params, month=args.month)["reason"])
+        elif args.command == "sweep":
+            from devchange.loop import sweep
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(sweep(args.settings, args.jobs).to_string(index=False, float_format="{:.3f}".format))
         else:
             from devchange.loop import emulate, print_timeline
             print_timeline(emulate(params))
