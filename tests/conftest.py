@@ -92,18 +92,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    # `mlflow server` starts uvicorn workers in its process group (its own session): end the group
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            time.sleep(0.5)  # let the workers follow their parent
-        except subprocess.TimeoutExpired:
-            continue
+def session_pids(sid: int) -> list[int]:
+    "The live processes of session `sid`: a process started with `start_new_session=True` and all it started."
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if os.getsid(int(p.name)) == sid and (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(p.name))
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                pass
+    return pids
+
+
+def stop_session(proc: subprocess.Popen, term_wait_s: float = 20) -> None:
+    """Stop `proc` (started with `start_new_session=True`) and every process of its session: SIGTERM, and SIGKILL
+    to what is left after `term_wait_s`. Returns once none is left (`mlflow server`'s uvicorn workers, Airflow's
+    components), so no server outlives its test."""
+    for sig, wait in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 10)):
+        for pid in session_pids(proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while (proc.poll(), session_pids(proc.pid))[1] and time.monotonic() < deadline: time.sleep(0.5)
+        if not session_pids(proc.pid): break
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -131,5 +146,5 @@ def server(tmp_path_factory):
             time.sleep(0.3)
         yield uri
     finally:
-        _stop(proc)
+        stop_session(proc)
         log.close()

@@ -15,7 +15,6 @@ it wins; a month run again changes nothing, and so does `devchange emulate` afte
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import requests
 import yaml
 from mlflow import MlflowClient
 
-from conftest import BIN, ROOT, TINY, copy_project, free_port, run, update_params
+from conftest import BIN, ROOT, TINY, copy_project, free_port, run, session_pids, stop_session, update_params
 
 AIRFLOW_BIN = ROOT / ".venv-airflow" / "bin"
 DRIVER = Path(__file__).with_name("airflow_driver.py")
@@ -182,17 +181,6 @@ def test_training_dag_refuses_to_retrain_before_any_month_is_labelled(project, c
 
 # ---------------------------------------------------------------- the real scheduler, through `make airflow`
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if os.getsid(int(p.name)) == sid: pids.append(int(p.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
 def _listening(pids: list[int]) -> set[tuple[str, int]]:
     "(address, port) of every TCP socket these processes listen on."
     inodes = set()
@@ -215,20 +203,6 @@ def _listening(pids: list[int]) -> set[tuple[str, int]]:
                     ip = "::1" if addr == "0" * 24 + "01000000" else ("::" if set(addr) == {"0"} else addr)
                 found.add((ip, int(port, 16)))
     return found
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    "Stop `make airflow` and everything it started (its own session)."
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
-        if not _session_pids(proc.pid): break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + wait
-        while _session_pids(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-    proc.wait(timeout=10)
 
 
 def _snapshot(root: Path) -> dict:
@@ -316,8 +290,8 @@ class Airflow:
         return logs
 
     def stop(self):
-        _stop(self.proc)
-        assert not _session_pids(self.proc.pid), "processes of make airflow still running"
+        stop_session(self.proc, term_wait_s=60)
+        assert not session_pids(self.proc.pid), "processes of make airflow still running"
 
 
 def _backfilled(af: Airflow) -> list[dict] | None:
@@ -331,7 +305,7 @@ def scheduled(project, champion, tmp_path_factory):
     """The monthly DAG backfilled over the generated months by the real scheduler, then one month run again."""
     af = Airflow(project, tmp_path_factory.mktemp("airflow-log") / "make-airflow.log")
     out = {"airflow": af, "started_s": af.started_s, "paused_at_start": all(d["is_paused"] for d in af.dags),
-           "listening": _listening(_session_pids(af.proc.pid))}
+           "listening": _listening(session_pids(af.proc.pid))}
     try:
         t0 = time.monotonic()
         af.send("PATCH", f"dags/{TRAINING}", {"is_paused": False})
