@@ -117,7 +117,8 @@ def test_monthly_dag_shape(project, parsed):
     assert dag["timetable"] == "CronDataIntervalTimetable" and dag["cron"] == "0 6 1 * *"
     assert dag["max_active_runs"] == 1 and dag["catchup"] is False
     tasks = {t["task_id"]: t for t in dag["tasks"]}
-    assert list(tasks) == ["evaluate_previous_month", "promote", "score_month", "retrain_needed", "retrain", "report"]
+    assert list(tasks) == ["evaluate_previous_month", "promote", "score_month", "retrain_needed", "retrain", "report",
+                           "any_step_failed"]
     assert {k: (t["upstream"], t["trigger_rule"]) for k, t in tasks.items()} == {
         "evaluate_previous_month": ([], "all_success"),
         "promote": (["evaluate_previous_month"], "none_failed"),
@@ -125,9 +126,11 @@ def test_monthly_dag_shape(project, parsed):
         "retrain_needed": (["score_month"], "none_failed"),
         "retrain": (["retrain_needed"], "all_success"),
         "report": (["retrain", "score_month"], "all_done"),
+        # the run fails when any step failed, though `report` (all_done) succeeds after it
+        "any_step_failed": (sorted(set(tasks) - {"any_step_failed"}), "one_failed"),
     }
     assert [tasks[k]["operator"] for k in tasks] == ["BashOperator"] * 3 + ["ShortCircuitOperator", "TriggerDagRunOperator",
-                                                                              "BashOperator"]
+                                                                              "BashOperator", "PythonOperator"]
     assert "devchange report" in tasks["report"]["bash_command"]
     assert "devchange evaluate-month --targets" in tasks["evaluate_previous_month"]["bash_command"]
     assert "devchange promote" in tasks["promote"]["bash_command"]
@@ -145,7 +148,8 @@ def test_settings_come_from_the_environment(project):
     assert {t["queue"] for t in training["tasks"] + monthly["tasks"]} == {"devchange"}
     assert training["cron"] == "0 0 * * 0"  # @weekly
     assert monthly["cron"] == "0 2 3 * *"
-    assert [t["task_id"] for t in monthly["tasks"]] == ["evaluate_previous_month", "promote", "score_month", "report"]
+    assert [t["task_id"] for t in monthly["tasks"]] == ["evaluate_previous_month", "promote", "score_month", "report",
+                                                        "any_step_failed"]
     assert "/srv/stream/" in monthly["tasks"][2]["bash_command"]
     # a value the DAGs cannot use is an import error that names the variable
     broken = driver(project, "dags", DEVCHANGE_RETRIES="three")[0]
@@ -177,6 +181,19 @@ def test_training_dag_refuses_to_retrain_before_any_month_is_labelled(project, c
     assert "devchange retrain: no labelled month yet" in log, log[-4000:]
     assert len(client.search_model_versions("name = 'devchange'")) == before
     assert "refs/exps" not in run(["git", "for-each-ref"], project).stdout
+
+
+def test_a_failed_step_fails_the_monthly_run(project, champion, tmp_path):
+    "score_month refuses a corrupt features file: the report still runs, and the run shows as failed, not green."
+    month = "2020-09-30"
+    (tmp_path / month).mkdir()
+    (tmp_path / month / "features.feather").write_bytes(b"not a feather file")
+    result, log = driver(project, "test", MONTHLY, "2020-09-01", DEVCHANGE_RETRIES=0, DEVCHANGE_STREAM_DIR=str(tmp_path))
+    tasks = result["tasks"]
+    assert result["state"] == "failed", (tasks, log[-4000:])
+    assert (tasks["score_month"], tasks["report"], tasks["any_step_failed"]) == ("failed", "success", "failed"), tasks
+    assert tasks["evaluate_previous_month"] == "skipped" and tasks["retrain"] == "upstream_failed", tasks
+    assert "not a readable feather file" in log and not (project / "data/production" / month).exists()
 
 
 # ---------------------------------------------------------------- the real scheduler, through `make airflow`

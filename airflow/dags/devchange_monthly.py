@@ -19,13 +19,18 @@ date is the start of the month it covers, and the run starts once that month is 
    `devchange_training` for the window ending at that month (run id `retrain__<month>`: a
    rerun of the month triggers nothing new) and waits for it, so the new challenger shadows
    this month before the next run compares it.
+5. `report`: `devchange report`, after every other task whatever became of it: the production
+   page says what happened.
+6. `any_step_failed`: fails the run when a step failed, and is skipped otherwise. `report` runs
+   after anything, so without this last task a month whose scoring failed would show as a
+   successful run.
 
 Settings (stream folder, environment, tracking URI, retries): see `devchange_settings.py`.
 """
 from datetime import datetime, timezone
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, TriggerRule
 
@@ -113,3 +118,11 @@ with DAG(
             retries=0,
         )
         score >> needed >> retrain >> report
+
+    failed = PythonOperator(
+        task_id="any_step_failed",
+        python_callable=settings.fail_run,
+        trigger_rule=TriggerRule.ONE_FAILED,  # skipped unless a step failed
+        retries=0,
+    )
+    [t for t in dag.tasks if t is not failed] >> failed

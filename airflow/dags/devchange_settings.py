@@ -101,6 +101,11 @@ def retrain_needed(month: str, root: Path = ROOT) -> bool:
     return status == "retrain"
 
 
+def fail_run() -> None:
+    "The monthly DAG's last task, run only when a step failed: the run then shows as failed."
+    raise RuntimeError("a step of this run failed (see its log); the report was written anyway")
+
+
 def project_command(command: str) -> str:
     """A bash command that runs `command` in the project root with the project's environment first on PATH.
 
