@@ -29,7 +29,7 @@ from devchange.cross_validation import aggregate_folds, select_candidate
 from devchange.features import TARGET, FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
 from devchange.names import AGGREGATES, CHAMPION
-from devchange.production import promotion_decision
+from devchange.promotion import promotion_decision
 from devchange.tracking import TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
