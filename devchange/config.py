@@ -17,7 +17,7 @@ __all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END
            'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
            'WindowParams', 'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams',
            'PromotionParams', 'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml',
-           'load_params', 'section', 'plain']
+           'load_params', 'section', 'plain', 'StageSetup', 'stage_setup']
 
 # %% ../nbs/01_config.ipynb #6505a8c2
 RAW_FILES = {
@@ -391,3 +391,35 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)): return [plain(v) for v in value]
     if isinstance(value, (dt.date, dt.datetime)): return value.isoformat()[:10]
     return value
+
+# %% ../nbs/01_config.ipynb #ac7cc179
+class StageSetup:
+    "A stage's `paths`, its typed params (one attribute per parameter name) and the operational `tracking` settings."
+    def __init__(self, paths: Paths, params: dict[str, Any], tracking: TrackingParams):
+        self.paths, self.params, self.tracking = paths, params, tracking
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["params"][name]
+        except KeyError:
+            raise AttributeError(f"stage setup has no parameter {name!r} (it has: {', '.join(self.__dict__['params'])})") from None
+
+    def __repr__(self) -> str:
+        return f"StageSetup(root={self.paths.root}, params={sorted(self.params)})"
+
+
+def _param_key(name: str) -> str:
+    "params.yaml key of a notebook parameter: a section name, or `<section>_<key>` for a dotted key."
+    sections = set(get_type_hints(Params))
+    if name in sections: return name
+    head, _, rest = name.partition("_")
+    if head in sections and rest: return f"{head}.{rest}"
+    raise ParamsError(f"stage parameter {name!r}: not a params.yaml section nor <section>_<key> "
+                      f"(sections: {', '.join(sorted(sections))})")
+
+
+def stage_setup(root: str | Path | None = None, **parameters: Any) -> StageSetup:
+    "Paths, typed params and tracking settings of a stage notebook, from its papermill `parameters` (None reads params.yaml)."
+    P = paths(root)
+    typed = {name: section(_param_key(name), value, P.params) for name, value in parameters.items()}
+    return StageSetup(P, typed, section("tracking", None, P.params))
