@@ -223,7 +223,7 @@ class CVParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    kind: Literal["lightgbm", "logistic_regression"]
+    kind: str                # a key of models.MODEL_KINDS, checked where the model is built
     params: dict[str, Any]
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import joblib
 import lightgbm as lgb
@@ -23,20 +25,102 @@ from .features import TARGET, FeatureSpec
 from .io import atomic_path
 
 # %% auto #0
-__all__ = ['known_params', 'check_params', 'make_model', 'fit', 'predict_proba', 'feature_importance', 'save_model', 'load_model']
+__all__ = ['SKOPS_TRUSTED_SKLEARN', 'MODEL_KINDS', 'ModelKind', 'model_kind', 'kind_of', 'known_params', 'check_params',
+           'make_model', 'fit', 'predict_proba', 'feature_importance', 'save_model', 'load_model']
 
-# %% ../nbs/08_models.ipynb #2a346fa7
+# %% ../nbs/08_models.ipynb #60d464e4
+def _build_lightgbm(params: dict, spec: FeatureSpec, seed: int):
+    params = dict(params)
+    params.setdefault("n_jobs", 1)  # a fixed thread count: results must not depend on the machine
+    return lgb.LGBMClassifier(**{**params, "random_state": seed, "deterministic": True,
+                                 "force_row_wise": True, "verbose": -1})
+
+
+def _lightgbm_params() -> set[str]:
+    names = set(inspect.signature(lgb.LGBMClassifier.__init__).parameters)
+    aliases = lgb.basic._ConfigAliases._get_all_param_aliases()  # LightGBM's own table of parameters
+    return names | set(aliases) | {a for group in aliases.values() for a in group}
+
+
+def _lightgbm_importance(model, spec: FeatureSpec) -> pd.Series:
+    return pd.Series(model.booster_.feature_importance(importance_type="gain"), index=spec.columns)
+
+
+def _log_lightgbm(model, **common):
+    import mlflow.lightgbm  # MLflow loads only where a model is logged
+    # serving validation would fail: JSON turns categoricals into strings
+    return mlflow.lightgbm.log_model(model, pip_requirements=mlflow.lightgbm.get_default_pip_requirements(
+        include_skops=True), validate_serving_input=False, **common)
+
+
+def _build_logistic(params: dict, spec: FeatureSpec, seed: int):
+    # float32 throughout when the features are (a million users: 1.5 GB instead of 3 GB per fold), and
+    # the scaler works in place on the imputer's fresh output
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                        ("scale", StandardScaler(copy=False))])
+    float32 = all(dtype == "float32" for dtype in spec.numeric.values())
+    categorical = OneHotEncoder(handle_unknown="ignore", dtype=np.float32 if float32 else np.float64)
+    prep = ColumnTransformer([("num", numeric, list(spec.numeric)),
+                              ("cat", categorical, list(spec.categorical))])
+    return Pipeline([("prep", prep), ("clf", LogisticRegression(**{**params, "random_state": seed}))])
+
+
+def _logistic_importance(model, spec: FeatureSpec) -> pd.Series:
+    names = model.named_steps["prep"].get_feature_names_out()
+    coef = np.abs(model.named_steps["clf"].coef_[0])
+    # ColumnTransformer names look like num__feature_3, num__missingindicator_feature_3, cat__feature_45_a1
+    source = [next(c for c in sorted(spec.columns, key=len, reverse=True)
+                   if re.search(rf"(__|_){re.escape(c)}(_|$)", n)) for n in names]
+    return pd.Series(coef, index=source).groupby(level=0).sum().reindex(spec.columns, fill_value=0.0)
+
+
+SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
+"Types beyond skops' defaults in the logistic pipeline (OneHotEncoder keeps its output dtype)."
+
+
+def _log_sklearn(model, **common):
+    import mlflow.sklearn
+    return mlflow.sklearn.log_model(model, pip_requirements=mlflow.sklearn.get_default_pip_requirements(
+        include_skops=True), skops_trusted_types=SKOPS_TRUSTED_SKLEARN, pyfunc_predict_fn="predict_proba", **common)
+
+# %% ../nbs/08_models.ipynb #caee5ec4
+@dataclass(frozen=True)
+class ModelKind:
+    "What the project needs to know about one kind of model."
+    estimator: type                                   # the fitted model's (last step's) class: how a model is recognised
+    build: Callable[[dict, FeatureSpec, int], Any]    # (params, spec, seed) -> an unfitted scikit-learn estimator
+    known_params: Callable[[], set[str]]              # parameter names the estimator accepts (typos are refused)
+    importance: Callable[[Any, FeatureSpec], pd.Series]  # raw importance per feature column, any scale
+    log_model: Callable[..., Any]                     # logs it to MLflow in its flavour (name, signature, input_example)
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    "lightgbm": ModelKind(lgb.LGBMClassifier, _build_lightgbm, _lightgbm_params, _lightgbm_importance, _log_lightgbm),
+    "logistic_regression": ModelKind(LogisticRegression, _build_logistic,
+                                     lambda: set(inspect.signature(LogisticRegression.__init__).parameters),
+                                     _logistic_importance, _log_sklearn),
+}
+"Every kind a `models:` entry of params.yaml may name."
+
+
+def model_kind(kind: str) -> ModelKind:
+    "The table's entry for `kind`, or an error naming the kinds there are."
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"models: unknown kind {kind!r}; expected one of {', '.join(map(repr, MODEL_KINDS))}")
+    return MODEL_KINDS[kind]
+
+
+def kind_of(model) -> str:
+    "The kind of a fitted or unfitted model (its last step's class, for a pipeline)."
+    last = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    for name, k in MODEL_KINDS.items():
+        if isinstance(last, k.estimator): return name
+    raise TypeError(f"{type(last).__name__}: not a model of any kind in MODEL_KINDS ({', '.join(MODEL_KINDS)})")
+
+
 def known_params(kind: str) -> set[str]:
     "Parameter names an estimator of `kind` accepts (for LightGBM: its constructor's and every core parameter and alias)."
-    if kind == "lightgbm":
-        names = set(inspect.signature(lgb.LGBMClassifier.__init__).parameters)
-        aliases = lgb.basic._ConfigAliases._get_all_param_aliases()  # LightGBM's own table of parameters
-        names |= set(aliases) | {a for group in aliases.values() for a in group}
-    elif kind == "logistic_regression":
-        names = set(inspect.signature(LogisticRegression.__init__).parameters)
-    else:
-        raise ValueError(f"models: unknown kind {kind!r}; expected 'lightgbm' or 'logistic_regression'")
-    return names - {"self", "kwargs"}
+    return model_kind(kind).known_params() - {"self", "kwargs"}
 
 
 def check_params(cfg: ModelParams) -> None:
@@ -50,22 +134,7 @@ def check_params(cfg: ModelParams) -> None:
 def make_model(cfg: ModelParams, spec: FeatureSpec, seed: int):
     "An unfitted estimator for one candidate. The seed from params overrides any `random_state`."
     check_params(cfg)
-    params = dict(cfg.params)
-    if cfg.kind == "lightgbm":
-        params.setdefault("n_jobs", 1)  # a fixed thread count: results must not depend on the machine
-        return lgb.LGBMClassifier(**{**params, "random_state": seed, "deterministic": True,
-                                     "force_row_wise": True, "verbose": -1})
-    if cfg.kind == "logistic_regression":
-        # float32 throughout when the features are (a million users: 1.5 GB instead of 3 GB per fold), and
-        # the scaler works in place on the imputer's fresh output
-        numeric = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)),
-                            ("scale", StandardScaler(copy=False))])
-        float32 = all(dtype == "float32" for dtype in spec.numeric.values())
-        categorical = OneHotEncoder(handle_unknown="ignore", dtype=np.float32 if float32 else np.float64)
-        prep = ColumnTransformer([("num", numeric, list(spec.numeric)),
-                                  ("cat", categorical, list(spec.categorical))])
-        return Pipeline([("prep", prep), ("clf", LogisticRegression(**{**params, "random_state": seed}))])
-    raise ValueError(f"models: unknown kind {cfg.kind!r}; expected 'lightgbm' or 'logistic_regression'")
+    return model_kind(cfg.kind).build(cfg.params, spec, seed)
 
 # %% ../nbs/08_models.ipynb #17550e5b
 def fit(model, table: pd.DataFrame, spec: FeatureSpec):
@@ -86,15 +155,7 @@ def predict_proba(model, table: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
 # %% ../nbs/08_models.ipynb #702bb96e
 def feature_importance(model, spec: FeatureSpec) -> pd.DataFrame:
     "Per-feature importance (share of the total), highest first."
-    if isinstance(model, lgb.LGBMClassifier):
-        raw = pd.Series(model.booster_.feature_importance(importance_type="gain"), index=spec.columns)
-    else:
-        names = model.named_steps["prep"].get_feature_names_out()
-        coef = np.abs(model.named_steps["clf"].coef_[0])
-        # ColumnTransformer names look like num__feature_3, num__missingindicator_feature_3, cat__feature_45_a1
-        source = [next(c for c in sorted(spec.columns, key=len, reverse=True)
-                       if re.search(rf"(__|_){re.escape(c)}(_|$)", n)) for n in names]
-        raw = pd.Series(coef, index=source).groupby(level=0).sum().reindex(spec.columns, fill_value=0.0)
+    raw = MODEL_KINDS[kind_of(model)].importance(model, spec)
     total = raw.sum()
     share = raw / total if total > 0 else raw
     return (pd.DataFrame({"feature": share.index, "importance": share.to_numpy(dtype=float)})

@@ -24,14 +24,10 @@ from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .tracking import KEY, TrackingError, exp_tags, flatten, training_run
 
 # %% auto #0
-__all__ = ['SKOPS_TRUSTED_SKLEARN', 'SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands',
-           'RegisteredVersion', 'alias_version', 'load_version', 'apply_promotion']
+__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',
+           'alias_version', 'load_version', 'apply_promotion']
 
 # %% ../nbs/14_registry.ipynb #fef35590
-SKOPS_TRUSTED_SKLEARN = ["numpy.dtype"]
-"Types beyond skops' defaults in the logistic pipeline (OneHotEncoder keeps its output dtype)."
-
-
 def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
     "{alias: version} of a registered model; {} if it does not exist. (Versions come as int from SQL, str over REST.)"
     try:
@@ -57,18 +53,11 @@ def _cv_metrics(cv_summary: dict) -> dict[str, float]:
 
 
 def _log_model(model, X: pd.DataFrame):
-    import lightgbm as lgb
+    "Log `model` in its kind's MLflow flavour (`models.MODEL_KINDS`)."
     from mlflow.models import infer_signature
-    from sklearn.base import BaseEstimator
+    from devchange.models import MODEL_KINDS, kind_of  # scikit-learn and LightGBM load only where a model is logged
     signature = infer_signature(X, model.predict_proba(X))
-    common = dict(name="model", signature=signature, input_example=X.head(5))
-    if isinstance(model, lgb.LGBMModel):  # serving validation would fail: JSON turns categoricals into strings
-        return mlflow.lightgbm.log_model(model, pip_requirements=mlflow.lightgbm.get_default_pip_requirements(
-            include_skops=True), validate_serving_input=False, **common)
-    if isinstance(model, BaseEstimator):
-        return mlflow.sklearn.log_model(model, pip_requirements=mlflow.sklearn.get_default_pip_requirements(
-            include_skops=True), skops_trusted_types=SKOPS_TRUSTED_SKLEARN, pyfunc_predict_fn="predict_proba", **common)
-    raise TypeError(f"log_training: no MLflow flavour for {type(model).__name__}")
+    return MODEL_KINDS[kind_of(model)].log_model(model, name="model", signature=signature, input_example=X.head(5))
 
 
 SPEC_ARTIFACT, PROFILE_ARTIFACT = "feature_spec.json", "reference_profile.json"
