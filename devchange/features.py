@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,8 @@ import pandas as pd
 from .contract import feature_kinds
 
 # %% auto #0
-__all__ = ['KEYS', 'TARGET', 'FeatureSpec', 'fit_feature_spec', 'with_levels', 'apply_feature_spec', 'training_table',
-           'scoring_table', 'featurize']
+__all__ = ['KEYS', 'TARGET', 'DERIVED_FEATURES', 'FeatureSpec', 'fit_feature_spec', 'with_levels', 'apply_feature_spec',
+           'training_table', 'scoring_table', 'add_derived', 'featurize']
 
 # %% ../nbs/06_features.ipynb #739c531b
 KEYS = ["user_id", "month"]
@@ -90,9 +91,21 @@ def scoring_table(scoring_features: pd.DataFrame, spec: FeatureSpec) -> pd.DataF
     "Every user with features in the scoring month, typed by the training spec (no target)."
     return apply_feature_spec(scoring_features, spec).sort_values(KEYS, kind="stable").reset_index(drop=True)
 
+# %% ../nbs/06_features.ipynb #5320d511
+DERIVED_FEATURES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {}
+"name -> function of a raw features table giving one new column (numeric, or categorical as strings)."
+
+
+def add_derived(features: pd.DataFrame) -> pd.DataFrame:
+    "`features` with every derived feature added (the same table when there are none)."
+    if not DERIVED_FEATURES: return features
+    clash = [name for name in DERIVED_FEATURES if name in features.columns]
+    if clash: raise ValueError(f"derived feature(s) {', '.join(clash)}: the raw features already have such a column")
+    return features.assign(**{name: f(features) for name, f in DERIVED_FEATURES.items()})
+
 # %% ../nbs/06_features.ipynb #d6fa73c6
 def featurize(raw: dict[str, pd.DataFrame], float32: bool = True) -> tuple[FeatureSpec, pd.DataFrame, pd.DataFrame]:
     "The spec fitted on the training months' features, the training table and the scoring table (`raw`: `contract.read_raw`)."
-    features, target = raw["features"], raw["target"]
+    features, target = add_derived(raw["features"]), raw["target"]
     spec = fit_feature_spec(features, float32, rows=features["month"].isin(target["month"].unique()).to_numpy())
-    return spec, training_table(target, features, spec), scoring_table(raw["scoring_features"], spec)
+    return spec, training_table(target, features, spec), scoring_table(add_derived(raw["scoring_features"]), spec)

@@ -13,7 +13,7 @@ import pyarrow.feather as feather
 
 from . import io
 from .config import Params, paths
-from .features import TARGET
+from .features import TARGET, add_derived
 from .monitoring import monitor_month
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .scoring import ProductionError, check_features, check_targets, read_month, score_summary, score_with
@@ -71,6 +71,7 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
     from mlflow import MlflowClient  # MLflow loads only for the commands that need it
     from devchange import registry, tracking
     features, month = read_month(features_path)
+    features = add_derived(features)
     out = month_dir(month, root)
     if (out / "monitoring.json").is_file():
         received = (out / "received.sha256").read_text().strip() if (out / "received.sha256").is_file() else None
