@@ -3,7 +3,6 @@
 # %% ../nbs/11_monitoring.ipynb #6d0cb074
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -14,9 +13,10 @@ from .features import FeatureSpec
 from .metrics import top_k_metrics
 
 # %% auto #0
-__all__ = ['MISSING', 'UNSEEN', 'BAND_METRIC', 'psi', 'quantile_edges', 'numeric_shares', 'categorical_shares', 'feature_profile',
-           'reference_profile', 'drift_report', 'band_bounds', 'performance_report', 'verdict', 'monitor_month',
-           'nothing_to_monitor']
+__all__ = ['MISSING', 'UNSEEN', 'BAND_METRIC', 'Reason', 'CHECKS', 'psi', 'quantile_edges', 'numeric_shares',
+           'categorical_shares', 'feature_profile', 'reference_profile', 'drift_report', 'band_bounds',
+           'performance_report', 'feature_drift_check', 'score_drift_check', 'lift_check', 'base_rate_check', 'verdict',
+           'monitor_month', 'nothing_to_monitor']
 
 # %% ../nbs/11_monitoring.ipynb #d0a2518e
 def psi(expected, actual, epsilon: float = 1e-4) -> float:
@@ -134,29 +134,55 @@ def performance_report(scored: pd.DataFrame, profile: dict, k_share: float, orac
     return out
 
 # %% ../nbs/11_monitoring.ipynb #64811d76
-def verdict(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> dict:
-    "ok / watch / retrain with the reasons, from a drift report and (once targets arrive) a performance report."
-    reasons: list[tuple[str, str]] = []
+Reason = tuple[str, str]
+"(status, sentence): one finding of a check, `watch` or `retrain`."
+
+
+def feature_drift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
+    "Features whose PSI reached the retrain or the watch bound (the five largest named)."
+    reasons = []
     for status in ("retrain", "watch"):
         hit = [f"{f} {r['psi']:.3f}" for f, r in drift["features"].items() if r["status"] == status]
         if hit:
             bound = cfg.psi_retrain if status == "retrain" else cfg.psi_watch
             shown = ", ".join(hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
             reasons.append((status, f"feature drift: PSI >= {bound:g} for {shown}"))
-    if drift["score_status"] != "ok":
-        bound = cfg.psi_retrain if drift["score_status"] == "retrain" else cfg.psi_watch
-        reasons.append((drift["score_status"], f"score drift: PSI {drift['score_psi']:.3f} >= {bound:g}"))
-    if performance is not None:
-        lift = performance["lift_at_k"]
-        if not lift >= floor:  # NaN (no changers this month) counts as failing
-            reasons.append(("retrain", f"lift@k {lift:.3f} is below the floor {floor:g} (promotion.floor)"))
-        elif lift < performance["band_low"]:
-            reasons.append(("watch", f"lift@k {lift:.3f} is below the cross-validation band "
-                                     f"[{performance['band_low']:.3f}, {performance['band_high']:.3f}]"))
-        shift = performance["base_rate_shift"]
-        if abs(shift) >= cfg.base_rate_shift:
-            reasons.append(("watch", f"base rate {performance['base_rate']:.2%} moved {shift:+.0%} from training "
-                                     f"({performance['base_rate_reference']:.2%})"))
+    return reasons
+
+
+def score_drift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
+    "The score's own PSI against training."
+    if drift["score_status"] == "ok": return []
+    bound = cfg.psi_retrain if drift["score_status"] == "retrain" else cfg.psi_watch
+    return [(drift["score_status"], f"score drift: PSI {drift['score_psi']:.3f} >= {bound:g}")]
+
+
+def lift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
+    "lift@k below the floor (retrain) or below the cross-validation band (watch), once targets arrived."
+    if performance is None: return []
+    lift = performance["lift_at_k"]
+    if not lift >= floor:  # NaN (no changers this month) counts as failing
+        return [("retrain", f"lift@k {lift:.3f} is below the floor {floor:g} (promotion.floor)")]
+    if lift < performance["band_low"]:
+        return [("watch", f"lift@k {lift:.3f} is below the cross-validation band "
+                          f"[{performance['band_low']:.3f}, {performance['band_high']:.3f}]")]
+    return []
+
+
+def base_rate_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
+    "The month's change rate moved too far from training's, once targets arrived."
+    if performance is None or abs(performance["base_rate_shift"]) < cfg.base_rate_shift: return []
+    return [("watch", f"base rate {performance['base_rate']:.2%} moved {performance['base_rate_shift']:+.0%} from "
+                      f"training ({performance['base_rate_reference']:.2%})")]
+
+
+CHECKS = [feature_drift_check, score_drift_check, lift_check, base_rate_check]
+"The verdict's checks, in the order their reasons are listed. A new check is a function like these and a row here."
+
+
+def verdict(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> dict:
+    "ok / watch / retrain with the reasons, from a drift report and (once targets arrive) a performance report."
+    reasons = [r for check in CHECKS for r in check(drift, performance, cfg, floor)]
     status = max((s for s, _ in reasons), key=_ORDER.get, default="ok")
     if not reasons: reasons.append(("ok", "no drift above the thresholds" + (
         "" if performance is None else "; lift@k within or above the cross-validation band")))
