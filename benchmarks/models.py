@@ -14,7 +14,7 @@ import time
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from devchange import config, io
+from devchange import catalog, config, io
 from devchange.features import TARGET, FeatureSpec
 from devchange.folds import fold_plan, split
 from devchange.metrics import ranking_metrics
@@ -34,7 +34,7 @@ def hist_settings(lgbm: dict, seed: int) -> dict:
 
 def main(kind: str) -> dict:
     p = config.load_params()
-    P = config.paths()
+    P = catalog.paths()
     lgbm_name = next(n for n, m in p.models.items() if m.kind == "lightgbm")
     lgbm = p.models[lgbm_name]
     threads = lgbm.params.get("n_jobs", 1)

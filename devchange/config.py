@@ -3,122 +3,21 @@
 # %% ../nbs/01_config.ipynb #61eb0cf7
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .catalog import Paths, paths
+from .names import ORACLE, RANDOM
+
 # %% auto #0
-__all__ = ['RAW_FILES', 'ORACLE_FILE', 'ORACLE', 'RANDOM', 'OUTPUTS', 'MONTH_END_HINT', 'METRIC_NAMES', 'repo_root', 'Paths',
-           'writer', 'paths', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
+__all__ = ['MONTH_END_HINT', 'METRIC_NAMES', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
            'WindowParams', 'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams',
            'PromotionParams', 'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml',
            'load_params', 'section', 'plain', 'StageSetup', 'stage_setup']
-
-# %% ../nbs/01_config.ipynb #6505a8c2
-RAW_FILES = {
-    "target": "target.feather",
-    "features": "user_features.feather",
-    "scoring_features": "scoring_user_features.feather",
-    "scoring_target": "scoring_target.feather",
-}
-"The four input files of the brief, by role."
-
-ORACLE_FILE = "oracle.feather"
-ORACLE, RANDOM = "oracle", "random"
-"Names the reports give the true probabilities and the random baseline: no candidate may take them."
-"True probability of each row; written by the generator only, never used for fitting."
-
-OUTPUTS = {
-    **{role: (f"data/raw/{name}", "generate") for role, name in RAW_FILES.items()},
-    "oracle": (f"data/raw/{ORACLE_FILE}", "generate"),
-    "stream": ("data/stream", "generate"),
-    "data_findings": ("reports/metrics/data.json", "validate"),
-    "train_table": ("data/processed/train.parquet", "featurize"),
-    "scoring_table": ("data/processed/scoring.parquet", "featurize"),
-    "feature_spec": ("data/processed/features.json", "featurize"),
-    "window": ("data/processed/window.json", "featurize"),
-    "oof": ("data/predictions/oof.parquet", "cross_validate"),
-    "cv_folds": ("reports/plots/cv_folds.csv", "cross_validate"),
-    "gains": ("reports/plots/gains.csv", "cross_validate"),
-    "cv": ("reports/metrics/cv.json", "cross_validate"),
-    "model": ("models/model.joblib", "train"),
-    "model_card": ("models/model.json", "train"),
-    "reference": ("models/reference.json", "train"),
-    "importance": ("reports/plots/importance.csv", "train"),
-    "train_summary": ("reports/metrics/train.json", "train"),
-    "predictions": ("data/predictions/scoring.parquet", "score"),
-    "score_summary": ("reports/metrics/score.json", "score"),
-    "drift": ("reports/plots/drift.csv", "monitor"),
-    "monitoring": ("reports/metrics/monitoring.json", "monitor"),
-}
-"Every file the pipeline's stages write besides their reports: name -> (path under the root, the stage that writes it). dvc.yaml's outs are these (tests/test_dvc_deps.py)."
-
-
-def repo_root(start: str | Path | None = None) -> Path:
-    "The repository root: `DEVCHANGE_ROOT`, else the nearest folder with params.yaml and dvc.yaml."
-    if os.environ.get("DEVCHANGE_ROOT"):
-        return Path(os.environ["DEVCHANGE_ROOT"]).resolve()
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
-            return folder
-    raise FileNotFoundError(
-        f"No devchange repository around {here}: expected a folder with params.yaml and dvc.yaml "
-        "in it or above it (or set DEVCHANGE_ROOT)."
-    )
-
-
-@dataclass(frozen=True)
-class Paths:
-    "Every location the pipeline reads or writes, under one repository root."
-    root: Path
-
-    @property
-    def params(self) -> Path: return self.root / "params.yaml"
-    @property
-    def raw(self) -> Path: return self.root / "data" / "raw"
-    @property
-    def processed(self) -> Path: return self.root / "data" / "processed"
-    @property
-    def predictions(self) -> Path: return self.root / "data" / "predictions"
-    @property
-    def models(self) -> Path: return self.root / "models"
-    @property
-    def reports(self) -> Path: return self.root / "reports"
-    @property
-    def metrics(self) -> Path: return self.reports / "metrics"
-    @property
-    def plots(self) -> Path: return self.reports / "plots"
-    @property
-    def stream(self) -> Path: return self.root / "data" / "stream"
-    @property
-    def production(self) -> Path: return self.root / "data" / "production"
-    @property
-    def labelled(self) -> Path: return self.root / "data" / "labelled"
-
-    def raw_file(self, role: str) -> Path:
-        "Path of one of the four input files (`RAW_FILES` role) in `data/raw`."
-        return self.raw / RAW_FILES[role]
-
-    def out(self, name: str) -> Path:
-        "Path of the stage output `name` (a key of `OUTPUTS`)."
-        if name not in OUTPUTS: raise KeyError(f"{name!r}: not a pipeline output (known: {', '.join(OUTPUTS)})")
-        return self.root / OUTPUTS[name][0]
-
-
-def writer(name: str) -> str:
-    "The stage that writes output `name`."
-    return OUTPUTS[name][1]
-
-
-def paths(root: str | Path | None = None) -> Paths:
-    "The `Paths` of the repository at `root` (default: found from the working directory)."
-    return Paths(Path(root).resolve() if root else repo_root())
 
 # %% ../nbs/01_config.ipynb #e4f2a1a2
 class ParamsError(ValueError):

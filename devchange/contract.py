@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from .config import RAW_FILES
+from .catalog import RAW_FILES
 
 # %% auto #0
 __all__ = ['KEYS', 'TARGET_ROLES', 'FEATURE_ROLES', 'PAIRS', 'FEATURE_NAME', 'EXPECTED', 'N_EXAMPLES', 'REQUIRED',

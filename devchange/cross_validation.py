@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import METRIC_NAMES, ORACLE, RANDOM, CVParams, ModelParams
+from .config import CVParams, METRIC_NAMES, ModelParams
+from .names import ORACLE, RANDOM
 from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature_spec
 from .folds import Fold, describe_plan, fold_plan, split
 from .metrics import gains_curve, ranking_metrics

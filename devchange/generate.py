@@ -3,25 +3,17 @@
 # %% ../nbs/04_generate.ipynb #7e86b336
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.feather as feather
 
-from .config import RAW_FILES, DataParams, GenerateParams, Paths
-from .io import _umask, atomic_path, require, write_output, write_table
+from .config import GenerateParams
 
 # %% auto #0
 __all__ = ['SIGNAL_ROLES', 'NOISE_ROLES', 'BRAND_EFFECT', 'BRAND_SHARE', 'NEW_BRAND_EFFECT', 'PLAN_EFFECT', 'PLAN_SHARE',
            'NOISE_CATEGORY_LEVELS', 'REGION_LEVELS', 'BURN_IN', 'CALIBRATION_USERS', 'feature_roles', 'age_effect',
-           'contract_end', 'round_significant', 'stream_months', 'generate_dataset', 'write_stream', 'RawData',
-           'write_raw_data', 'raw_files_summary', 'read_head']
+           'contract_end', 'round_significant', 'stream_months', 'generate_dataset']
 
 # %% ../nbs/04_generate.ipynb #8e680d8a
 SIGNAL_ROLES = ("device_age", "arpu", "usage", "offer_engagement", "device_price")
@@ -274,76 +266,3 @@ def generate_dataset(cfg: GenerateParams, seed: int) -> dict[str, pd.DataFrame]:
     out["oracle"] = table(0, n_months, {"probability": round_significant(observed("probability", 0, n_months))})
     return {k: out[k] for k in ("target", "features", "scoring_features", "scoring_target", "oracle",
                                 "stream_features", "stream_target")}
-
-# %% ../nbs/04_generate.ipynb #e96eac1b
-def write_stream(parts: list[tuple[pd.DataFrame, pd.DataFrame]], folder) -> list[str]:
-    "Write one folder per month of the (features, targets) `parts` under `folder` (replacing what was there); returns the months."
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    months = []
-    for features, target in parts:
-        for m in sorted(features["month"].dt.strftime("%Y-%m-%d").unique()):
-            (tmp / m).mkdir()
-            for df, name in ((features, "features"), (target, "targets")):
-                df[df["month"] == pd.Timestamp(m)].reset_index(drop=True).to_feather(tmp / m / f"{name}.feather")
-            months.append(m)
-    os.chmod(tmp, 0o777 & ~_umask())
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists(): os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return months
-
-# %% ../nbs/04_generate.ipynb #ac4a3680
-@dataclass
-class RawData:
-    "What `write_raw_data` wrote: where the data came from, the oracle's rows and the stream's months."
-    source: str
-    oracle_rows: int
-    stream: list[str]
-
-
-def _empty(**dtypes: str) -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
-
-
-def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths: Paths) -> RawData:
-    "The four raw files, the oracle and the production stream, generated or (`data.source: directory`) copied."
-    raw_files = {role: paths.raw_file(role) for role in RAW_FILES}
-    if data.source == "generate":
-        tables = generate_dataset(generate, seed)
-        # production months, the scoring month first: what the monthly commands and the DAG read
-        stream = write_stream([(tables["scoring_features"], tables["scoring_target"]),
-                               (tables.pop("stream_features"), tables.pop("stream_target"))], paths.stream)
-        for role, path in raw_files.items(): write_table(tables.pop(role), path)
-        oracle, source = tables.pop("oracle"), "generate"
-    else:
-        folder = (paths.root / data.dir).resolve()
-        for role, path in raw_files.items():
-            with atomic_path(path) as tmp: shutil.copyfile(require(folder / RAW_FILES[role]), tmp)
-        oracle, source = _empty(user_id="int64", month="datetime64[ns]", probability="float64"), f"directory {data.dir}"
-        empty = _empty(user_id="int64", month="datetime64[ns]")
-        stream = write_stream([(empty, empty)], paths.stream)
-    write_output(paths, "oracle", oracle)
-    return RawData(source, len(oracle), stream)
-
-
-def raw_files_summary(paths: Paths) -> pd.DataFrame:
-    "One row per raw file: rows, columns, months and megabytes."
-    rows = []
-    for role in RAW_FILES:
-        path = paths.raw_file(role)
-        table = feather.read_table(path, columns=["month"])
-        months = sorted(table.column("month").unique().to_pandas().dt.strftime("%Y-%m-%d"))
-        with pa.memory_map(str(path)) as source: n_columns = len(pa.ipc.open_file(source).schema)
-        rows.append({"file": str(path.relative_to(paths.root)), "rows": table.num_rows, "columns": n_columns,
-                     "months": ", ".join(months), "MB": round(path.stat().st_size / 1e6, 2)})
-    return pd.DataFrame(rows)
-
-
-def read_head(path: str | Path, n: int = 5) -> pd.DataFrame:
-    "The first `n` rows of a feather file, read from its first record batch only."
-    with pa.memory_map(str(path)) as source:
-        reader = pa.ipc.open_file(source)
-        return (reader.get_batch(0).slice(0, n) if reader.num_record_batches else reader.schema.empty_table()).to_pandas()

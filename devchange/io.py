@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Paths, writer
+from .catalog import Paths, writer
 
 # %% auto #0
 __all__ = ['atomic_path', 'file_lock', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json',

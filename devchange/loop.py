@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow.feather as feather
 
 from . import io
-from .config import Params, ParamsError, WindowParams, paths
+from .catalog import paths
+from .config import Params, ParamsError, WindowParams
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
 from .window import (StoreError, WindowError, _dvc, dvc_command, labelled_months, month_after, month_id,
                               plan_window)

@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['AGGREGATES', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER', 'PREVIOUS_CHAMPION', 'PROMOTION_METRIC', 'MONITOR_STAGE',
-           'PRODUCTION_SUFFIX']
+           'PRODUCTION_SUFFIX', 'ORACLE', 'RANDOM']
 
 # %% ../nbs/00_names.ipynb #7691025c
 AGGREGATES = ("mean", "std", "min", "max")
@@ -23,3 +23,6 @@ MONITOR_STAGE = "monitor"
 
 PRODUCTION_SUFFIX = "-production"
 "Production commands log to the experiment `<experiment><suffix>`, apart from the pipeline's runs."
+
+ORACLE, RANDOM = "oracle", "random"
+"Names the reports give the true probabilities and the random baseline: no candidate may take them."

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .config import ORACLE
+from .names import ORACLE
 
 # %% auto #0
 __all__ = ['fold_metric_plot', 'gains_plot', 'importance_plot', 'score_plot', 'drift_plot', 'score_shift_plot', 'lift_band_plot']

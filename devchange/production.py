@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from . import io
-from .config import Params, paths
+from .catalog import paths
+from .config import Params
 from .features import TARGET, add_derived
 from .monitoring import monitor_month
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC

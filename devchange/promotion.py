@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 
 from . import io
-from .config import Params, paths
+from .catalog import paths
+from .config import Params
 from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
 from .production import lift_on, production_months
 from .scoring import ProductionError

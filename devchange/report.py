@@ -428,7 +428,7 @@ def report_notebook(root: str | Path) -> Path:
 def report_parameters(params, root: Path, production: str | Path | None = None, stream: str | Path | None = None) -> dict:
     "The notebook's parameters: where production and the stream are (relative to `root` when inside it) and the settings it reads."
     from dataclasses import asdict
-    from devchange.config import paths
+    from devchange.catalog import paths
     rel = lambda p: str(Path(p).resolve().relative_to(root)) if Path(p).resolve().is_relative_to(root) else str(Path(p).resolve())
     P = paths(root)
     return {"production_dir": rel(production or P.production), "stream_dir": rel(stream or P.stream),
@@ -442,7 +442,7 @@ def render_report(params, root: str | Path | None = None, production: str | Path
     """Execute the report notebook into reports/production.ipynb and render reports/production.html (no code),
     as the stage reports are; both replaced only once both are written. Returns the HTML's path."""
     from devchange import stage
-    from devchange.config import paths
+    from devchange.catalog import paths
     root = Path(root).resolve() if root else paths().root
     notebook, reports = report_notebook(root), root / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -477,7 +477,7 @@ def log_report(html: Path, production: Path, model_name: str, timeout_s: float) 
 def command(params, production: str | Path | None = None, stream: str | Path | None = None) -> int:
     "`devchange report`: render the report and log it to MLflow; print where it is."
     from devchange import stage
-    from devchange.config import paths
+    from devchange.catalog import paths
     root = paths().root
     # MLflow and nbconvert load in a thread while the notebook runs, as for a stage
     setup = stage._InBackground(stage._set_up_tracking, params.tracking.timeout_s)

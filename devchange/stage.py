@@ -25,7 +25,8 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync  # the event loop papermill (nbclient) runs on in this thread: the kernel manager must share it
 
-from .config import ParamsError, load_params, paths, plain, read_params_yaml, repo_root
+from .catalog import paths, repo_root
+from .config import ParamsError, load_params, plain, read_params_yaml
 
 # papermill and nbformat are imported where they are used: the runner imports them while the
 # stage's kernel, started first, boots

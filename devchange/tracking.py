@@ -23,7 +23,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from .config import ORACLE, RAW_FILES, ModelParams, paths, read_params_yaml
+from .catalog import RAW_FILES, paths
+from .config import ModelParams, read_params_yaml
+from .names import ORACLE
 from .io import file_lock, to_jsonable
 from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, PRODUCTION_SUFFIX
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import WindowParams, paths
+from .catalog import paths
+from .config import WindowParams
 
 # %% auto #0
 __all__ = ['month_id', 'window_months', 'month_after', 'WindowError', 'Window', 'plan_window', 'stack', 'month_tables',
@@ -97,7 +98,7 @@ def assemble(raw: dict[str, pd.DataFrame], window: Window, root=None) -> dict[st
 # %% ../nbs/16_window.ipynb #f49045a8
 def data_hash(root, window: Window) -> str:
     "SHA-256 over the raw input files and the window's labelled months."
-    from devchange.config import RAW_FILES
+    from devchange.catalog import RAW_FILES
     P, h = paths(root), hashlib.sha256()
     files = [P.raw / n for n in sorted(RAW_FILES.values())]
     files += [P.labelled / m / n for m in window.labelled_months for n in ("features.parquet", "targets.parquet")]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devchange.config import RAW_FILES
+from devchange.catalog import RAW_FILES
 from devchange.contract import DataContractError, check_data, feature_kinds, read_raw
 
 TRAIN_MONTHS = pd.to_datetime(["2020-04-30", "2020-05-31", "2020-06-30"])

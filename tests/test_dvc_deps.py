@@ -92,7 +92,7 @@ def _outs(spec: dict) -> set[str]:
 def test_stage_outputs_are_the_named_outputs(stage):
     """Each output path is spelled once, in devchange.config.OUTPUTS with the stage that writes it;
     dvc.yaml's outs of a stage are exactly those plus its report (executed notebook and HTML)."""
-    from devchange.config import OUTPUTS
+    from devchange.catalog import OUTPUTS
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
     named = {path for path, writer in OUTPUTS.values() if writer == stage}
     assert _outs(spec) == named | {f"reports/{stage}.ipynb", f"reports/{stage}.html"}, (

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run, update_params
-from devchange.config import OUTPUTS as OUTPUTS_BY_NAME
+from devchange.catalog import OUTPUTS as OUTPUTS_BY_NAME
 
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 OUTPUTS = sorted({path for path, _ in OUTPUTS_BY_NAME.values() if path != "data/stream"}
