@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--production-dir", help="production state to read (default data/production)")
     r.add_argument("--stream-dir", help="where months' features arrive (default data/stream)")
     args = parser.parse_args(argv)
-    from devchange.tracking import TrackingError
+    from devchange.tracking_store import TrackingError
     from devchange.window import StoreError, WindowError
     try:
         params = load_params()

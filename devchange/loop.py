@@ -15,7 +15,7 @@ import pyarrow.feather as feather
 from . import io
 from .catalog import paths
 from .config import Params, ParamsError, WindowParams
-from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
+from .names import CHALLENGER, CHAMPION
 from .window import (StoreError, WindowError, _dvc, dvc_command, labelled_months, month_after, month_id,
                               plan_window)
 
@@ -94,9 +94,9 @@ def retrain(params: Params, root=None, month: str | None = None) -> dict:
     """Train a challenger on the window ending at `month` (default: the newest labelled month) as DVC experiment
     `retrain-YYYY-MM`; tag its version; shadow-score the waiting months. Running it again changes nothing."""
     from mlflow import MlflowClient
-    from devchange import production, promotion, registry, tracking
+    from devchange import production, promotion, registry, tracking_store
     root = paths(root).root
-    tracking.configure(params.tracking.timeout_s)
+    tracking_store.configure(params.tracking.timeout_s)
     client, model = MlflowClient(), params.tracking.model_name
     aliases = registry.model_aliases(client, model)
     champion_last = (client.get_model_version(model, str(aliases[CHAMPION])).tags.get("devchange.last_train_month")
@@ -152,9 +152,9 @@ def compare_experiments(names: list[str], keys: list[str], root=None) -> pd.Data
     """One row per experiment of `names` that registered a version: the `keys` (params.yaml paths) it ran with and
     the version's cross-validation figures of the promotion metric, best mean first."""
     from mlflow import MlflowClient
-    from devchange import tracking
+    from devchange import tracking, tracking_store
     from devchange.names import PROMOTION_METRIC
-    tracking.configure()
+    tracking_store.configure()
     client, rows = MlflowClient(), []
     for v in client.search_model_versions(f"tags.`{tracking.DVC_EXP}` != ''"):
         name = v.tags.get(tracking.DVC_EXP)

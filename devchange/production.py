@@ -70,7 +70,7 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
 
     A month is scored once: a rerun with the same file changes nothing, another file is refused."""
     from mlflow import MlflowClient  # MLflow loads only for the commands that need it
-    from devchange import registry, tracking
+    from devchange import registry, tracking, tracking_store
     features, month = read_month(features_path)
     features = add_derived(features)
     out = month_dir(month, root)
@@ -81,7 +81,7 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
                                   f"(sha256 {received}); a month's list is never replaced ({out})")
         add_shadows(month, params, root)
         return io.read_json(out / "monitoring.json")
-    tracking.configure(params.tracking.timeout_s)
+    tracking_store.configure(params.tracking.timeout_s)
     champion = registry.load_version(MlflowClient(), params.tracking.model_name, alias=CHAMPION)
     check_features(features, champion.spec, features_path)
     if not (champion.last_train_month or "") < month:
@@ -102,10 +102,10 @@ def add_shadows(month: str, params: Params, root: str | Path | None = None) -> l
     """Score `month` in the shadow with the challenger and the previous champion, when they were trained only on
     earlier months and the month's targets have not arrived (a shadow score is blind). Returns the versions added."""
     from mlflow import MlflowClient
-    from devchange import registry, tracking
+    from devchange import registry, tracking, tracking_store
     out = month_dir(month, root)
     if not (out / "monitoring.json").is_file() or (out / "targets.parquet").is_file(): return []
-    tracking.configure(params.tracking.timeout_s)
+    tracking_store.configure(params.tracking.timeout_s)
     client, name = MlflowClient(), params.tracking.model_name
     aliases, done, added = registry.model_aliases(client, name), scorers(month, root), []
     for alias in (CHALLENGER, PREVIOUS_CHAMPION):
@@ -129,7 +129,7 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
     """A scored month's targets arrived: performance and verdict for the champion's list and every shadow list;
     the month joins the labelled store (DVC) that training windows read. Returns the champion's monitoring.json."""
     from mlflow import MlflowClient
-    from devchange import registry, tracking, window
+    from devchange import registry, tracking, tracking_store, window
     targets, month = read_month(targets_path, (TARGET,))
     out = month_dir(month, root)
     if not (out / "scores.parquet").is_file():
@@ -147,7 +147,7 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
                                   f"({out}/targets.parquet); a month's targets do not change")
         window.add_labelled_month(paths(root).root, month, features, targets)  # a no-op unless a push failed
         return io.read_json(out / "monitoring.json")
-    tracking.configure(params.tracking.timeout_s)
+    tracking_store.configure(params.tracking.timeout_s)
     client, docs, oracle = MlflowClient(), {}, oracle_of(month, root)
     for v, folder in scorers(month, root).items():
         version = registry.load_version(client, params.tracking.model_name, version=v)

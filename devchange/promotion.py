@@ -69,9 +69,9 @@ def promote(params: Params, root: str | Path | None = None) -> dict:
     A challenger with no such month yet is kept pending, and the decision names the month that will decide.
     Decisions are recorded once (promotions.json, an MLflow run, the version's tags): a rerun writes nothing."""
     from mlflow import MlflowClient
-    from devchange import registry, tracking
+    from devchange import registry, tracking, tracking_store
     from devchange.window import month_after
-    tracking.configure(params.tracking.timeout_s)
+    tracking_store.configure(params.tracking.timeout_s)
     client, name = MlflowClient(), params.tracking.model_name
     aliases = registry.model_aliases(client, name)
     if CHALLENGER not in aliases:

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from .features import FeatureSpec
 from .io import to_jsonable
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
-from .tracking import KEY, TrackingError, exp_tags, flatten, training_run
+from .tracking import KEY, exp_tags, flatten, training_run
+from .tracking_store import TrackingError
 
 # %% auto #0
 __all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',

@@ -141,15 +141,15 @@ def read_registry(model_name: str, timeout_s: float = 10.0, root: str | Path | N
 
     Reads only: a missing embedded store is reported (`error`), not created; an unreachable server too."""
     from mlflow import MlflowClient
-    from devchange import registry, tracking
-    uri = tracking.tracking_uri(root)
-    out = {"model_name": model_name, "store": tracking.redact(uri), "aliases": {}, "tags": {}, "error": None}
-    db = tracking.sqlite_file(uri)
+    from devchange import registry, tracking_store
+    uri = tracking_store.tracking_uri(root)
+    out = {"model_name": model_name, "store": tracking_store.redact(uri), "aliases": {}, "tags": {}, "error": None}
+    db = tracking_store.sqlite_file(uri)
     if db is not None and not db.is_file():
         out["error"] = f"no registry store at {db} (nothing was ever trained here)"
         return out
     try:
-        if db is None: tracking.probe(uri, timeout_s)
+        if db is None: tracking_store.probe(uri, timeout_s)
         client = MlflowClient(uri, registry_uri=uri)
         out["aliases"] = registry.model_aliases(client, model_name)
         out["tags"] = {v: dict(client.get_model_version(model_name, str(v)).tags) for v in sorted(set(out["aliases"].values()))}
@@ -287,7 +287,7 @@ def answer_markdown(state: dict) -> str:
     "The report's first screen: the champion, the newest month's verdict with its reasons, what happens next, the notes."
     champ, newest, reg = state["champion"], state["newest"], state["registry"]
     if reg.get("error"):
-        lines = [f"**Champion: unknown**: the registry could not be read (see Notes)."]
+        lines = ["**Champion: unknown**: the registry could not be read (see Notes)."]
     elif champ is None:
         lines = [f"**Champion: none** in `{reg['model_name']}`."]
     else:

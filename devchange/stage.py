@@ -234,8 +234,8 @@ class _InBackground(threading.Thread):
 def _set_up_tracking(timeout_s: float) -> None:
     # MLflow and nbconvert take seconds to import: a stage imports them once, here
     from nbconvert import HTMLExporter  # noqa: F401  (for render_html)
-    from devchange import tracking
-    tracking.configure(timeout_s)
+    from devchange import tracking, tracking_store  # noqa: F401  (tracking: for pipeline_run)
+    tracking_store.configure(timeout_s)
 
 
 def _tracking_while_running() -> bool:
@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devchange-stage: {e}", file=sys.stderr)
         return 1
     except Exception as e:
-        tracking = sys.modules.get("devchange.tracking")  # imported by run_stage once it sets tracking up
-        if tracking is None or not isinstance(e, tracking.TrackingError): raise
+        store = sys.modules.get("devchange.tracking_store")  # imported by run_stage once it sets tracking up
+        if store is None or not isinstance(e, store.TrackingError): raise
         print(f"devchange-stage: {e}", file=sys.stderr)
         return 1
     print(f"devchange-stage: {args.name}: wrote {out} and {out.with_suffix('.html')}")

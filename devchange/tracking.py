@@ -13,169 +13,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
 import pandas as pd
-import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
 from .catalog import RAW_FILES, paths
 from .config import ModelParams, read_params_yaml
-from .names import ORACLE
-from .io import file_lock, to_jsonable
-from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, PRODUCTION_SUFFIX
+from .io import to_jsonable
+from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, ORACLE, PRODUCTION_SUFFIX
+from .tracking_store import DEFAULT_TIMEOUT_S, TrackingError, configure, configured_experiment, experiment_name
 
 # %% auto #0
-__all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT',
-           'DVC_EXP', 'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'TrackingError', 'store_root', 'tracking_uri',
-           'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure', 'git_state',
+__all__ = ['KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT', 'DVC_EXP', 'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'git_state',
            'exp_tags', 'raw_data_hash', 'flatten', 'PipelineContext', 'pipeline_context', 'pipeline_run',
            'log_cross_validation', 'run_tree', 'training_run', 'log_monitoring', 'month_index', 'log_production_run',
            'log_stage_report']
-
-# %% ../nbs/13_tracking.ipynb #3634fbb7
-class TrackingError(RuntimeError):
-    "MLflow tracking is unreachable or misconfigured; the message names the tracking URI."
-
-
-DEFAULT_EXPERIMENT = "devchange"
-DEFAULT_TIMEOUT_S = 10.0
-"Seconds a stage waits for an unreachable tracking server before failing."
-
-
-def store_root(root: str | Path | None = None) -> Path:
-    """The repository whose embedded store this process uses: the one a DVC experiment was started from.
-
-    `dvc exp run --temp` and queued experiments run the pipeline in a copy under `.dvc/tmp/exps/`, deleted
-    afterwards; DVC names the original repository in `DVC_ROOT`, so their runs and versions land in its store."""
-    if os.environ.get("DVC_ROOT"): return Path(os.environ["DVC_ROOT"]).resolve()
-    return Path(root).resolve() if root else paths().root
-
-
-def tracking_uri(root: str | Path | None = None) -> str:
-    "`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<store_root>/mlflow.db` (absolute)."
-    if os.environ.get("MLFLOW_TRACKING_URI"): return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
-
-
-def experiment_name() -> str:
-    "`MLFLOW_EXPERIMENT_NAME` if set, else `devchange`."
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-
-
-def sqlite_file(uri: str) -> Path | None:
-    "The database file of a `sqlite:///` tracking URI, absolute; None for any other store."
-    if urlsplit(uri).scheme != "sqlite": return None
-    return Path(uri.split(":///", 1)[1]).resolve()
-
-
-def artifact_location(uri: str, root: str | Path) -> str | None:
-    "Where a new experiment keeps its artifacts: beside a SQLite file; the server's choice for a server."
-    if urlsplit(uri).scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
-    db = sqlite_file(uri)
-    if db is not None: return (db.parent / "mlartifacts").as_uri()  # beside the database, from any working directory
-    return (Path(root).resolve() / "mlartifacts").as_uri()  # another database: MLflow would pick ./mlruns
-
-
-def redact(uri: str) -> str:
-    "The URI without a password, fit for an error message."
-    parts = urlsplit(uri)
-    if parts.password is None: return uri
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
-
-# %% ../nbs/13_tracking.ipynb #a4ce1c8d
-def _bound_http_calls(timeout_s: float) -> None:
-    # read by MLflow at every request, and inherited by the papermill kernels a stage starts
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))  # an int, for MLflow
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # default 7, with backoff: minutes
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in reports
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # run links would make reports differ
-
-
-def _tls_verify() -> bool | str:
-    # the same certificate settings MLflow's own client honours
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true": return False
-    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
-
-
-def probe(uri: str, timeout_s: float) -> None:
-    "Fail within about `timeout_s` seconds unless the tracking server at `uri` answers."
-    url = uri.rstrip("/") + "/health"
-    try:  # half for connecting, half for the answer: a silent listener costs no more than a dead port
-        status = requests.get(url, timeout=(timeout_s / 2, timeout_s / 2), verify=_tls_verify()).status_code
-    except requests.RequestException as e:
-        raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable: no answer within {timeout_s:g} s "
-                            f"({type(e).__name__}). Start it, or unset MLFLOW_TRACKING_URI to use the embedded "
-                            "store.") from None
-    if status >= 500:
-        raise TrackingError(f"MLflow tracking server {redact(uri)} is unavailable: /health answered HTTP {status}")
-
-
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-
-
-def _ensure_experiment(client: MlflowClient, name: str, location: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            client.create_experiment(name, artifact_location=location,
-                                     tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
-            exp = client.get_experiment_by_name(name)
-        except MlflowException as e:  # another process created it in between
-            if e.error_code != "RESOURCE_ALREADY_EXISTS": raise
-            exp = client.get_experiment_by_name(name)
-    if exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"experiment {name!r} is deleted: restore it or set MLFLOW_EXPERIMENT_NAME")
-    if EXPERIMENT_KIND_TAG not in exp.tags:  # the UI then opens on runs and models, not on GenAI traces
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
-    return exp.experiment_id
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str):
-    "For a SQLite store: one process at a time creates or migrates it (lock file `<db>.lock`); no lock for a server."
-    db = sqlite_file(uri)
-    if db is None:
-        yield
-        return
-    with file_lock(db.with_name(db.name + ".lock")):
-        yield
-
-
-_CONFIGURED: dict = {}  # what the last `configure` of this process set up: (uri, experiment) and its id
-
-
-def configure(timeout_s: float = DEFAULT_TIMEOUT_S, experiment: str | None = None) -> str:
-    "Point MLflow at the project's store and experiment (default `experiment_name()`, created if needed); returns the URI."
-    root = paths().root
-    uri = tracking_uri(root)
-    name = experiment or experiment_name()
-    _bound_http_calls(timeout_s)
-    if urlsplit(uri).scheme in ("http", "https"): probe(uri, timeout_s)
-    try:
-        mlflow.set_tracking_uri(uri)
-        with _store_lock(uri):  # two processes creating one SQLite store at once break its table migrations
-            exp_id = _ensure_experiment(MlflowClient(uri), name, artifact_location(uri, root))
-        mlflow.set_experiment(experiment_id=exp_id)
-    except TrackingError as e:
-        raise TrackingError(f"MLflow tracking at {redact(uri)}: {e}") from None
-    except Exception as e:  # a broken database, a server error: name the store, keep the cause
-        raise TrackingError(f"MLflow tracking at {redact(uri)}: {str(e).splitlines()[0][:300]}") from e
-    _CONFIGURED.clear()
-    _CONFIGURED.update(key=(uri, name), experiment_id=exp_id)
-    return uri
-
-
-def _configured_experiment(timeout_s: float) -> str:
-    "The id of the current experiment: set up by this process's last `configure` if it still applies, else configure."
-    key = (tracking_uri(), experiment_name())
-    if _CONFIGURED.get("key") != key or mlflow.get_tracking_uri() != key[0]: configure(timeout_s)
-    else: _bound_http_calls(timeout_s)
-    return _CONFIGURED["experiment_id"]
 
 # %% ../nbs/13_tracking.ipynb #e72533aa
 KIND, STAGE, KEY = "devchange.kind", "devchange.stage", "devchange.pipeline_key"
@@ -292,7 +147,7 @@ def _find_or_create_parent(client: MlflowClient, experiment_id: str, ctx: Pipeli
 @contextlib.contextmanager
 def pipeline_run(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[mlflow.ActiveRun]:
     "The parent run of the pipeline run in progress, found or created by its key, active for the block."
-    experiment_id = _configured_experiment(timeout_s)  # once per process: a stage's runner configured it already
+    experiment_id = configured_experiment(timeout_s)  # once per process: a stage's runner configured it already
     client = MlflowClient()
     run_id = _find_or_create_parent(client, experiment_id, pipeline_context())
     active = mlflow.active_run()

@@ -153,8 +153,8 @@ def test_the_rerun_after_the_kill_gives_the_uninterrupted_result(interrupted, ti
 
 LOGGER = """
 import sys, mlflow
-from devchange import tracking
-tracking.configure(timeout_s=30)
+from devchange import tracking_store
+tracking_store.configure(timeout_s=30)
 for i in range(int(sys.argv[2])):
     with mlflow.start_run(run_name=f"{sys.argv[1]}-{i}"):
         mlflow.log_params({"writer": sys.argv[1], "i": i})

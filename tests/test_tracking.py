@@ -23,14 +23,14 @@ import yaml
 from conftest import free_port
 from mlflow import MlflowClient
 
-from devchange import registry, tracking
+from devchange import registry, tracking, tracking_store
 from devchange.config import METRIC_NAMES, ModelParams
 from devchange.cross_validation import aggregate_folds, select_candidate
 from devchange.features import TARGET, FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
 from devchange.names import AGGREGATES, CHAMPION
 from devchange.promotion import promotion_decision
-from devchange.tracking import TrackingError
+from devchange.tracking_store import TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -240,7 +240,7 @@ def test_default_store_is_absolute_at_repo_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DEVCHANGE_ROOT", str(root))
     for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DEVCHANGE_RUN_ID"):
         monkeypatch.delenv(k, raising=False)
-    assert tracking.configure(timeout_s=5) == f"sqlite:///{root}/mlflow.db"
+    assert tracking_store.configure(timeout_s=5) == f"sqlite:///{root}/mlflow.db"
     exp = mlflow.get_experiment_by_name("devchange")
     assert exp.artifact_location == (root / "mlartifacts").as_uri()
     report = elsewhere / "validate.html"
@@ -318,7 +318,7 @@ def test_challenger_below_floor_is_not_promoted(repo, toy, model_name):
 def test_load_champion_reproduces_predict_proba(repo, toy, model_name, kind):
     v1 = _train(toy, kind, _summary(3.0, 2.0), model_name)["version"]
     _decide_and_apply(model_name, v1, {v1: 3.0})
-    tracking.configure(timeout_s=30)
+    tracking_store.configure(timeout_s=30)
     champion = registry.load_version(MlflowClient(), model_name, alias=CHAMPION)
     model, version = champion.model, champion.version
     assert version == v1 and hasattr(model, "predict_proba") and champion.spec == toy["spec"]
@@ -350,7 +350,7 @@ def test_silent_server_fails_within_bound(repo, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", silent)
         t0 = time.monotonic()
         with pytest.raises(TrackingError, match=silent):
-            tracking.configure(timeout_s=2)
+            tracking_store.configure(timeout_s=2)
         assert time.monotonic() - t0 < BOUND_S
 
 
