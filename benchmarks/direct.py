@@ -6,7 +6,7 @@ The baseline of the notebook-first overhead (benchmarks/bench.py): every code ce
 nbs/stages/<stage>.ipynb runs in order, the parameters `devchange-stage` would inject applied
 right after the `parameters` cell, so the stage makes the same library calls and writes the
 same outputs. Displays are not rendered: a cell's last value is simply dropped. The process exits
-as a stage's kernel does (`gc.freeze` at exit, see nbs/15_stage.ipynb), so the comparison is of
+as a stage's kernel does (`gc.freeze` at exit, see nbs/18_stage.ipynb), so the comparison is of
 the notebook machinery, not of Python's last collection."""
 import atexit
 import gc

@@ -289,7 +289,7 @@ def test_jupyter_lab_needs_the_token_and_offers_the_project_kernel(stack):
     kernels = requests.get(f"{stack.jupyter}/api/kernelspecs", headers=auth, timeout=10).json()["kernelspecs"]
     assert "devchange" in kernels
     names = {c["name"] for c in requests.get(f"{stack.jupyter}/api/contents", headers=auth, timeout=10).json()["content"]}
-    assert {"stages", "01_config.ipynb"} <= names  # rooted at nbs/ of the mounted clone
+    assert {"stages", "02_config.ipynb"} <= names  # rooted at nbs/ of the mounted clone
 
 
 @pytest.fixture(scope="module")
