@@ -15,7 +15,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from devchange import catalog, config, io
-from devchange.features import TARGET, FeatureSpec
+from devchange.features import FeatureSpec
+from devchange.names import TARGET
 from devchange.folds import fold_plan, split
 from devchange.metrics import ranking_metrics
 from devchange.models import fit, make_model, predict_proba

@@ -12,6 +12,7 @@ from .config import ParamsError, load_params
 from .contract import DataContractError
 from .production import evaluate_month, score_month
 from .promotion import promote
+from .registry import PromotionDecision
 from .scoring import ProductionError
 
 # %% auto #0
@@ -37,9 +38,9 @@ def _print_monitoring(doc: dict) -> None:
     for r in doc["verdict"]["reasons"]: print(f"  - {r}")
 
 
-def _champion_line(decision: dict) -> str:
+def _champion_line(decision: PromotionDecision) -> str:
     "Who is champion once `decision` is applied, as `devchange promote` says it last."
-    v = decision["challenger_version"] if decision["promoted"] else decision["champion_version"]
+    v = decision.challenger_version if decision.promoted else decision.champion_version
     return "champion: none yet" if v is None else f"champion: v{v}"
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return report.command(params, args.production_dir, args.stream_dir)
         elif args.command == "promote":
             d = promote(params)
-            print(d["reason"])
+            print(d.reason)
             print(_champion_line(d))
         elif args.command == "retrain":
             from devchange.loop import retrain

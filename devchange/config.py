@@ -11,13 +11,13 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from .catalog import Paths, paths
-from .names import ORACLE, RANDOM
+from .names import METRIC_NAMES, ORACLE, RANDOM
 
 # %% auto #0
-__all__ = ['MONTH_END_HINT', 'METRIC_NAMES', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams',
-           'WindowParams', 'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams',
-           'PromotionParams', 'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml',
-           'load_params', 'section', 'plain', 'StageSetup', 'stage_setup']
+__all__ = ['MONTH_END_HINT', 'ParamsError', 'DataParams', 'GenerateParams', 'ValidateParams', 'FeaturizeParams', 'WindowParams',
+           'MetricsParams', 'SelectionParams', 'CVParams', 'ModelParams', 'TrackingParams', 'PromotionParams',
+           'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params',
+           'section', 'plain', 'StageSetup', 'stage_setup']
 
 # %% ../nbs/02_config.ipynb #e4f2a1a2
 class ParamsError(ValueError):
@@ -101,11 +101,10 @@ class MetricsParams:
     def _problems(self):
         if not 0 < self.k_share <= 1: yield "k_share", "a share in (0, 1]", self.k_share
 
-METRIC_NAMES = ("precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc")
 
 @dataclass(frozen=True)
 class SelectionParams:
-    metric: Literal["precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc"]
+    metric: Literal[METRIC_NAMES]
     aggregate: Literal["mean", "min", "max", "std"]
 
 @dataclass(frozen=True)

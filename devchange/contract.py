@@ -12,13 +12,13 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from .catalog import RAW_FILES
+from .names import KEYS
 
 # %% auto #0
-__all__ = ['KEYS', 'TARGET_ROLES', 'FEATURE_ROLES', 'PAIRS', 'FEATURE_NAME', 'EXPECTED', 'N_EXAMPLES', 'REQUIRED',
-           'DataContractError', 'read_raw', 'feature_kinds', 'file_problems', 'check_data']
+__all__ = ['TARGET_ROLES', 'FEATURE_ROLES', 'PAIRS', 'FEATURE_NAME', 'EXPECTED', 'N_EXAMPLES', 'REQUIRED', 'DataContractError',
+           'read_raw', 'feature_kinds', 'file_problems', 'check_data']
 
 # %% ../nbs/07_contract.ipynb #705023ac
-KEYS = ("user_id", "month")
 "The join key of every file: one row per user and month."
 
 TARGET_ROLES = ("target", "scoring_target")

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import CVParams, METRIC_NAMES, ModelParams
-from .names import ORACLE, RANDOM
-from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec, fit_feature_spec
+from .config import CVParams, ModelParams
+from .features import FeatureSpec, apply_feature_spec, fit_feature_spec
 from .folds import Fold, describe_plan, fold_plan, split
 from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
-from .names import AGGREGATES
+from .names import METRIC_NAMES, ORACLE, RANDOM, KEYS, TARGET, AGGREGATES
 
 # %% auto #0
 __all__ = ['CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'select_candidate', 'aggregates_as_dict',

@@ -10,16 +10,13 @@ import numpy as np
 import pandas as pd
 
 from .contract import feature_kinds
+from .names import KEYS, TARGET
 
 # %% auto #0
-__all__ = ['KEYS', 'TARGET', 'DERIVED_FEATURES', 'FeatureSpec', 'fit_feature_spec', 'with_levels', 'apply_feature_spec',
-           'training_table', 'scoring_table', 'add_derived', 'featurize']
+__all__ = ['DERIVED_FEATURES', 'FeatureSpec', 'fit_feature_spec', 'with_levels', 'apply_feature_spec', 'training_table',
+           'scoring_table', 'add_derived', 'featurize']
 
 # %% ../nbs/08_features.ipynb #739c531b
-KEYS = ["user_id", "month"]
-TARGET = "target"
-
-
 @dataclass(frozen=True)
 class FeatureSpec:
     "Columns the models use, fitted on training data: numeric dtypes and categorical levels."

@@ -213,7 +213,7 @@ def run_month(params: Params, month: str, previous: tuple[str, Path, Path] | Non
     if previous is not None:
         doc = production.evaluate_month(previous[2], params, root)
         events["verdict"] = doc["verdict"]["status"]
-    events["promotion"] = promotion.promote(params, root)["reason"]
+    events["promotion"] = promotion.promote(params, root).reason
     if features is not None: production.score_month(features, params, root)
     if may_retrain and events.get("verdict") == "retrain":
         events["retrain"] = retrain(params, root, month=previous[0])["reason"]

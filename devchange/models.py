@@ -21,7 +21,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .config import ModelParams
-from .features import TARGET, FeatureSpec
+from .features import FeatureSpec
+from .names import TARGET
 from .io import atomic_path
 
 # %% auto #0
@@ -91,14 +92,16 @@ class ModelKind:
     build: Callable[[dict, FeatureSpec, int], Any]    # (params, spec, seed) -> an unfitted scikit-learn estimator
     known_params: Callable[[], set[str]]              # parameter names the estimator accepts (typos are refused)
     importance: Callable[[Any, FeatureSpec], pd.Series]  # raw importance per feature column, any scale
-    log_model: Callable[..., Any]                     # logs it to MLflow in its flavour (name, signature, input_example)
+    flavour: str                                      # the MLflow flavour it is logged and loaded with (mlflow.<flavour>)
+    log_model: Callable[..., Any]                     # logs it in that flavour (name, signature, input_example)
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
-    "lightgbm": ModelKind(lgb.LGBMClassifier, _build_lightgbm, _lightgbm_params, _lightgbm_importance, _log_lightgbm),
+    "lightgbm": ModelKind(lgb.LGBMClassifier, _build_lightgbm, _lightgbm_params, _lightgbm_importance, "lightgbm",
+                          _log_lightgbm),
     "logistic_regression": ModelKind(LogisticRegression, _build_logistic,
                                      lambda: set(inspect.signature(LogisticRegression.__init__).parameters),
-                                     _logistic_importance, _log_sklearn),
+                                     _logistic_importance, "sklearn", _log_sklearn),
 }
 "Every kind a `models:` entry of params.yaml may name."
 

@@ -14,9 +14,9 @@ import pyarrow.feather as feather
 from . import io
 from .catalog import paths
 from .config import Params
-from .features import TARGET, add_derived
+from .features import add_derived
 from .monitoring import monitor_month
-from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
+from .names import TARGET, CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .scoring import ProductionError, check_features, check_targets, read_month, score_summary, score_with
 
 # %% auto #0

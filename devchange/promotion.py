@@ -3,6 +3,7 @@
 # %% ../nbs/22_promotion.ipynb #1bb63c43
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from .catalog import paths
 from .config import Params
 from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
 from .production import lift_on, production_months
+from .registry import PromotionDecision, cv_tag
 from .scoring import ProductionError
 
 # %% auto #0
@@ -19,10 +21,10 @@ __all__ = ['promotion_decision', 'deciding_month', 'record_decision', 'promote']
 
 # %% ../nbs/22_promotion.ipynb #cef68369
 def promotion_decision(model_name: str, challenger: dict, champion: dict | None, margin: float, floor: float,
-                       month: str | None) -> dict:
+                       month: str | None) -> PromotionDecision:
     """Should the challenger become champion? `challenger`/`champion`: {version, lift (on `month`), cv_min}.
 
-    A JSON-able decision with both numbers and the reason; writes nothing. Undefined numbers never promote."""
+    The decision with both numbers and the reason; writes nothing. Undefined numbers never promote."""
     c, p = challenger, champion
     name = lambda d: f"v{d['version']}"
     if p is not None and p["version"] == c["version"]:
@@ -40,11 +42,9 @@ def promotion_decision(model_name: str, challenger: dict, champion: dict | None,
                                 f"{name(p)} {p['lift']:.4f} by more than the margin {margin:g}")
     decision = "promoted" if promoted else "kept"
     num = lambda x: None if x is None or not math.isfinite(x) else float(x)
-    return {"model_name": model_name, "decision": decision, "promoted": promoted, "reason": f"{decision}: {why}",
-            "metric": PROMOTION_METRIC, "evaluation_month": month, "challenger_version": c["version"],
-            "challenger_lift": num(c.get("lift")), "challenger_cv_min": num(c["cv_min"]),
-            "champion_version": None if p is None else p["version"], "champion_lift": None if p is None else num(p["lift"]),
-            "margin": float(margin), "floor": float(floor)}
+    return PromotionDecision(model_name, decision, promoted, f"{decision}: {why}", PROMOTION_METRIC, month,
+                             c["version"], num(c.get("lift")), num(c["cv_min"]), None if p is None else p["version"],
+                             None if p is None else num(p["lift"]), float(margin), float(floor))
 
 # %% ../nbs/22_promotion.ipynb #92c26f24
 def deciding_month(challenger: int, champion: int, root: str | Path | None = None) -> str | None:
@@ -54,17 +54,17 @@ def deciding_month(challenger: int, champion: int, root: str | Path | None = Non
     return both[-1] if both else None
 
 
-def record_decision(decision: dict, root: str | Path | None = None) -> bool:
+def record_decision(decision: PromotionDecision, root: str | Path | None = None) -> bool:
     "Append a decision to data/production/promotions.json unless it repeats the last one about the same pair."
     path = paths(root).production / "promotions.json"
     history = io.read_json(path) if path.is_file() else []
     key = lambda d: (d["challenger_version"], d["champion_version"], d["decision"], d["evaluation_month"])
-    if any(key(d) == key(decision) for d in history): return False
-    io.write_json([*history, decision], path)
+    if any(key(d) == key(decision.to_dict()) for d in history): return False
+    io.write_json([*history, decision.to_dict()], path)
     return True
 
 
-def promote(params: Params, root: str | Path | None = None) -> dict:
+def promote(params: Params, root: str | Path | None = None) -> PromotionDecision:
     """Challenger against champion on the newest labelled month both scored blind; record; move `champion` if won.
     A challenger with no such month yet is kept pending, and the decision names the month that will decide.
     Decisions are recorded once (promotions.json, an MLflow run, the version's tags): a rerun writes nothing."""
@@ -80,25 +80,27 @@ def promote(params: Params, root: str | Path | None = None) -> dict:
     c, p = aliases[CHALLENGER], aliases.get(CHAMPION)
     if tags(c).get("devchange.last_train_month") is None:
         raise ProductionError(f"{name} version {c} has no devchange.last_train_month tag: retrain it")
-    cv_min = lambda v: float(tags(v).get(f"cv_{PROMOTION_METRIC}_min", "nan"))  # as registry.log_training tags it
+    cv_min = lambda v: float(tags(v).get(cv_tag(PROMOTION_METRIC, "min"), "nan"))
     month = None if p is None or p == c else deciding_month(c, p, root)
     lift = lambda v: float("nan") if month is None else lift_on(month, v, root)
     decision = promotion_decision(name, {"version": c, "lift": lift(c), "cv_min": cv_min(c)},
                                   None if p is None else {"version": p, "lift": lift(p), "cv_min": cv_min(p)},
                                   params.promotion.margin, params.promotion.floor, month)
-    if p is not None and p != c and month is None and decision["challenger_cv_min"] is not None \
-            and decision["challenger_cv_min"] >= params.promotion.floor:
+    if p is not None and p != c and month is None and decision.challenger_cv_min is not None \
+            and decision.challenger_cv_min >= params.promotion.floor:
         later = [m for m in production_months(root) if m > tags(c)["devchange.last_train_month"]]
         first = later[0] if later else month_after(tags(c)["devchange.last_train_month"])
-        decision = {**decision, "decision": "pending", "deciding_month": first,
-                    "reason": f"pending: challenger v{c} has no month with targets that it and champion v{p} both "
-                              f"scored blind yet; {first} will decide, once its targets arrive"}
-        if tags(c).get("promotion.reason") == decision["reason"]: return decision  # said so already
+        decision = dataclasses.replace(
+            decision, decision="pending", deciding_month=first,
+            reason=f"pending: challenger v{c} has no month with targets that it and champion v{p} both "
+                   f"scored blind yet; {first} will decide, once its targets arrive")
+        if tags(c).get("promotion.reason") == decision.reason: return decision  # said so already
     elif p == c or not record_decision(decision, root):
         return decision  # nothing new to decide: a rerun writes nothing
-    tracking.log_production_run("promote", month or "none", name, c, decision, params.tracking.timeout_s,
-                                metrics={k: decision[k] for k in ("challenger_lift", "champion_lift",
-                                                                  "challenger_cv_min") if decision[k] is not None},
-                                tags={"devchange.decision": decision["decision"], "devchange.reason": decision["reason"]})
+    doc = decision.to_dict()
+    tracking.log_production_run("promote", month or "none", name, c, doc, params.tracking.timeout_s,
+                                metrics={k: doc[k] for k in ("challenger_lift", "champion_lift",
+                                                             "challenger_cv_min") if doc[k] is not None},
+                                tags={"devchange.decision": decision.decision, "devchange.reason": decision.reason})
     registry.apply_promotion(client, name, decision)
     return decision

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from .tracking import KEY, exp_tags, flatten, training_run
 from .tracking_store import TrackingError
 
 # %% auto #0
-__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',
-           'alias_version', 'load_version', 'apply_promotion']
+__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'cv_tag', 'log_training', 'reproduce_commands',
+           'RegisteredVersion', 'alias_version', 'load_version', 'PromotionDecision', 'apply_promotion']
 
 # %% ../nbs/17_registry.ipynb #fef35590
 def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
@@ -44,6 +45,11 @@ def _estimator_params(model) -> dict:
         step, est = model.steps[-1]
         return {f"{step}.{k}": v for k, v in est.get_params(deep=False).items()}
     return model.get_params(deep=False)
+
+
+def cv_tag(metric: str, aggregate: str) -> str:
+    "The tag (and training-run metric) a registered version keeps one CV aggregate under, as `_cv_metrics` names it."
+    return f"cv_{metric}_{aggregate}"
 
 
 def _cv_metrics(cv_summary: dict) -> dict[str, float]:
@@ -141,28 +147,55 @@ def load_version(client: MlflowClient, model_name: str, version: int | None = No
                                 + (" (nothing promoted: run `make promote`)" if alias == CHAMPION else ""))
     mv = client.get_model_version(model_name, str(version))
     model_uri = f"models:/{model_name}/{version}"
-    flavors = mlflow.models.get_model_info(model_uri).flavors
-    if "lightgbm" in flavors: model = mlflow.lightgbm.load_model(model_uri)
-    elif "sklearn" in flavors: model = mlflow.sklearn.load_model(model_uri)
-    else: raise TrackingError(f"{model_uri}: no lightgbm or sklearn flavour (flavours: {', '.join(flavors)})")
+    from devchange.models import MODEL_KINDS
+    flavors, ours = mlflow.models.get_model_info(model_uri).flavors, [k.flavour for k in MODEL_KINDS.values()]
+    flavour = next((f for f in ours if f in flavors), None)
+    if flavour is None:
+        raise TrackingError(f"{model_uri}: none of the model kinds' flavours {sorted(set(ours))} (flavours: {', '.join(flavors)})")
+    model = importlib.import_module(f"mlflow.{flavour}").load_model(model_uri)
     spec = _run_json(client, mv.run_id, SPEC_ARTIFACT)
     if spec is None: raise TrackingError(f"{model_uri}: its training run {mv.run_id} has no {SPEC_ARTIFACT}")
     return RegisteredVersion(model_name, int(version), model, FeatureSpec.from_dict(spec),
                              _run_json(client, mv.run_id, PROFILE_ARTIFACT), dict(mv.tags))
 
 
-def apply_promotion(client: MlflowClient, model_name: str, decision: dict) -> None:
+@dataclass(frozen=True)
+class PromotionDecision:
+    "Whether a challenger became champion, with both numbers and the reason (a line of promotions.json)."
+    model_name: str
+    decision: str                   # promoted / kept / pending
+    promoted: bool
+    reason: str
+    metric: str
+    evaluation_month: str | None    # the month both versions scored blind; None before there is one
+    challenger_version: int
+    challenger_lift: float | None
+    challenger_cv_min: float | None
+    champion_version: int | None
+    champion_lift: float | None
+    margin: float
+    floor: float
+    deciding_month: str | None = None  # pending only: the month that will decide
+
+    def to_dict(self) -> dict:
+        "The JSON form (`deciding_month` only when pending)."
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["deciding_month"] is None: del d["deciding_month"]
+        return d
+
+
+def apply_promotion(client: MlflowClient, model_name: str, decision: PromotionDecision) -> None:
     "Record the decision on the challenger version; move alias `champion` to it, last, only when promoted."
-    if decision["model_name"] != model_name:
-        raise ValueError(f"decision is about {decision['model_name']!r}, not {model_name!r}")
-    v = str(decision["challenger_version"])
-    tags = {"promotion.decision": decision["decision"], "promotion.reason": decision["reason"],
-            "promotion.champion_before": decision["champion_version"] or "none",
-            "promotion.evaluation_month": decision.get("evaluation_month") or "none",
-            "promotion.margin": decision["margin"], "promotion.floor": decision["floor"]}
+    if decision.model_name != model_name:
+        raise ValueError(f"decision is about {decision.model_name!r}, not {model_name!r}")
+    v = str(decision.challenger_version)
+    tags = {"promotion.decision": decision.decision, "promotion.reason": decision.reason,
+            "promotion.champion_before": decision.champion_version or "none",
+            "promotion.evaluation_month": decision.evaluation_month or "none",
+            "promotion.margin": decision.margin, "promotion.floor": decision.floor}
     for k, val in tags.items(): client.set_model_version_tag(model_name, v, k, str(val))
-    client.update_model_version(model_name, v, description=decision["reason"])
-    if decision["promoted"]:
-        if decision["champion_version"] is not None:
-            client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, str(decision["champion_version"]))
+    client.update_model_version(model_name, v, description=decision.reason)
+    if decision.promoted:
+        if decision.champion_version is not None:
+            client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, str(decision.champion_version))
         client.set_registered_model_alias(model_name, CHAMPION, v)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from .contract import DataContractError, _values, feature_kinds, file_problems
-from .features import KEYS, TARGET, FeatureSpec, apply_feature_spec
+from .features import FeatureSpec, apply_feature_spec
+from .names import KEYS, TARGET
 from .metrics import top_k_count
 from .models import predict_proba
 

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from .config import ModelParams, ParamsError
-from .features import TARGET, FeatureSpec
+from .features import FeatureSpec
+from .names import TARGET
 from .models import feature_importance, fit, make_model, predict_proba
 from .monitoring import reference_profile
 

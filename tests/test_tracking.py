@@ -24,11 +24,11 @@ from conftest import free_port
 from mlflow import MlflowClient
 
 from devchange import registry, tracking, tracking_store
-from devchange.config import METRIC_NAMES, ModelParams
+from devchange.config import ModelParams
 from devchange.cross_validation import aggregate_folds, select_candidate
-from devchange.features import TARGET, FeatureSpec
+from devchange.features import FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
-from devchange.names import AGGREGATES, CHAMPION
+from devchange.names import METRIC_NAMES, TARGET, AGGREGATES, CHAMPION
 from devchange.promotion import promotion_decision
 from devchange.tracking_store import TrackingError
 
@@ -112,7 +112,7 @@ def _train(toy, kind: str, summary: dict, model_name: str, timeout_s: float = 30
 
 
 def _decide_and_apply(model_name: str, version: int, lifts: dict, margin: float = 0.1, floor: float = 1.5) -> dict:
-    "The production rule (a pure function) on given lifts of the evaluation month, recorded in the registry."
+    "The production rule (a pure function) on given lifts of the evaluation month, recorded in the registry; its JSON form."
     client = MlflowClient()
     cv_min = lambda v: float(client.get_model_version(model_name, str(v)).tags["cv_lift_at_k_min"])
     champion = registry.alias_version(client, model_name, CHAMPION)
@@ -121,7 +121,7 @@ def _decide_and_apply(model_name: str, version: int, lifts: dict, margin: float 
                                                                  "cv_min": cv_min(champion)},
                                   margin, floor, "2020-09-30")
     registry.apply_promotion(client, model_name, decision)
-    return decision
+    return decision.to_dict()
 
 
 def _children(client: MlflowClient, run) -> list:
