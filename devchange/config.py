@@ -19,7 +19,7 @@ __all__ = ['MONTH_END_HINT', 'ParamsError', 'DataParams', 'GenerateParams', 'Val
            'ProductionParams', 'MonitoringParams', 'Params', 'parse_params', 'read_params_yaml', 'load_params',
            'section', 'plain', 'StageSetup', 'stage_setup']
 
-# %% ../nbs/02_config.ipynb #e4f2a1a2
+# %% ../nbs/02_config.ipynb #372c1476
 class ParamsError(ValueError):
     "A parameter in params.yaml is unknown, missing, of the wrong type or out of range."
 
@@ -30,11 +30,12 @@ MONTH_END_HINT = "a month-end date such as 2020-04-30"
 def _is_month_end(d: dt.date) -> bool:
     return (d + dt.timedelta(days=1)).day == 1
 
-
+# %% ../nbs/02_config.ipynb #e015f086
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["generate", "directory"]
     dir: str
+
 
 @dataclass(frozen=True)
 class GenerateParams:
@@ -73,6 +74,7 @@ class GenerateParams:
             yield "unseen_category_share", "a share in [0, 1)", self.unseen_category_share
         if not 0 <= self.stream_months <= 24: yield "stream_months", "a number of months in [0, 24]", self.stream_months
 
+# %% ../nbs/02_config.ipynb #3422120b
 @dataclass(frozen=True)
 class ValidateParams:
     n_features: int
@@ -80,9 +82,11 @@ class ValidateParams:
     def _problems(self):
         if self.n_features < 0: yield "n_features", "0 (any number) or a positive count", self.n_features
 
+
 @dataclass(frozen=True)
 class FeaturizeParams:
     float32: bool
+
 
 @dataclass(frozen=True)
 class WindowParams:
@@ -94,6 +98,7 @@ class WindowParams:
         if not _is_month_end(self.last_month): yield "last_month", MONTH_END_HINT, self.last_month
         if self.n_months < 2: yield "n_months", "at least 2 months", self.n_months
 
+# %% ../nbs/02_config.ipynb #95ebd64a
 @dataclass(frozen=True)
 class MetricsParams:
     k_share: float
@@ -107,6 +112,7 @@ class SelectionParams:
     metric: Literal[METRIC_NAMES]
     aggregate: Literal["mean", "min", "max", "std"]
 
+
 @dataclass(frozen=True)
 class CVParams:
     n_folds: int
@@ -119,11 +125,13 @@ class CVParams:
         if len(set(self.candidates)) != len(self.candidates):
             yield "candidates", "distinct model names", self.candidates
 
+
 @dataclass(frozen=True)
 class ModelParams:
     kind: str                # a key of models.MODEL_KINDS, checked where the model is built
     params: dict[str, Any]
 
+# %% ../nbs/02_config.ipynb #99d2ac6a
 @dataclass(frozen=True)
 class TrackingParams:
     model_name: str
@@ -132,6 +140,7 @@ class TrackingParams:
     def _problems(self):
         if not self.model_name.strip(): yield "model_name", "a registered model name", self.model_name
         if not 0 < self.timeout_s <= 600: yield "timeout_s", "seconds in (0, 600]", self.timeout_s
+
 
 @dataclass(frozen=True)
 class PromotionParams:
@@ -142,6 +151,7 @@ class PromotionParams:
         if self.margin < 0: yield "margin", "a non-negative lift difference", self.margin
         if self.floor < 0: yield "floor", "a non-negative lift", self.floor
 
+
 @dataclass(frozen=True)
 class ProductionParams:
     min_target_coverage: float
@@ -149,6 +159,7 @@ class ProductionParams:
     def _problems(self):
         if not 0 < self.min_target_coverage <= 1:
             yield "min_target_coverage", "a share of the scored users in (0, 1]", self.min_target_coverage
+
 
 @dataclass(frozen=True)
 class MonitoringParams:
@@ -165,6 +176,7 @@ class MonitoringParams:
         if not 0 < self.psi_epsilon < 0.01: yield "psi_epsilon", "a share in (0, 0.01)", self.psi_epsilon
         if not 0 < self.base_rate_shift: yield "base_rate_shift", "a positive relative change", self.base_rate_shift
 
+# %% ../nbs/02_config.ipynb #0f18ee74
 @dataclass(frozen=True)
 class Params:
     "The whole of params.yaml."

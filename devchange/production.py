@@ -20,31 +20,12 @@ from .names import TARGET, CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_ME
 from .scoring import ProductionError, check_features, check_targets, read_month, score_summary, score_with
 
 # %% auto #0
-__all__ = ['month_dir', 'oracle_of', 'scorers', 'score_month', 'add_shadows', 'evaluate_month', 'lift_on', 'production_months']
+__all__ = ['month_dir', 'scorers', 'oracle_of', 'score_month', 'add_shadows', 'evaluate_month', 'lift_on', 'production_months']
 
-# %% ../nbs/21_production.ipynb #042cddd4
+# %% ../nbs/21_production.ipynb #9314edda
 def month_dir(month: str, root: str | Path | None = None) -> Path:
     "data/production/<YYYY-MM-DD>: everything production wrote about one month."
     return paths(root).production / month
-
-
-def _monitoring(params: Params, version, features, predictions, targets=None, oracle=None) -> dict:
-    if version.profile is None:
-        raise ProductionError(f"{version.name} version {version.version} has no monitoring profile "
-                              "(trained before monitoring existed): train and promote a new version")
-    return {"model": {"name": version.name, "version": version.version, "last_train_month": version.last_train_month},
-            "scores": score_summary(predictions, params.metrics.k_share),
-            **monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
-                            params.promotion.floor, params.metrics.k_share, targets=targets, oracle=oracle)}
-
-
-def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None:
-    "The true probabilities of `month` (user_id, probability) when the raw data has them (generated data), else None."
-    path = paths(root).out("oracle")
-    if not path.is_file(): return None
-    table = feather.read_table(path, memory_map=True)
-    table = table.filter(pc.equal(table["month"], pa.scalar(pd.Timestamp(month), table.schema.field("month").type)))
-    return table.select(["user_id", "probability"]).to_pandas() if table.num_rows else None
 
 
 def _sha256(path: str | Path) -> str:
@@ -63,7 +44,26 @@ def scorers(month: str, root: str | Path | None = None) -> dict[int, Path]:
         if (d / "monitoring.json").is_file(): found[int(d.name[1:])] = d
     return found
 
+# %% ../nbs/21_production.ipynb #86ea4e64
+def _monitoring(params: Params, version, features, predictions, targets=None, oracle=None) -> dict:
+    if version.profile is None:
+        raise ProductionError(f"{version.name} version {version.version} has no monitoring profile "
+                              "(trained before monitoring existed): train and promote a new version")
+    return {"model": {"name": version.name, "version": version.version, "last_train_month": version.last_train_month},
+            "scores": score_summary(predictions, params.metrics.k_share),
+            **monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
+                            params.promotion.floor, params.metrics.k_share, targets=targets, oracle=oracle)}
 
+
+def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None:
+    "The true probabilities of `month` (user_id, probability) when the raw data has them (generated data), else None."
+    path = paths(root).out("oracle")
+    if not path.is_file(): return None
+    table = feather.read_table(path, memory_map=True)
+    table = table.filter(pc.equal(table["month"], pa.scalar(pd.Timestamp(month), table.schema.field("month").type)))
+    return table.select(["user_id", "probability"]).to_pandas() if table.num_rows else None
+
+# %% ../nbs/21_production.ipynb #37eca499
 def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
     """Score a month's features with the champion (the business's list), and with challengers in the shadow;
     write scores and the drift part of monitoring. Returns the champion's monitoring.json.
@@ -124,7 +124,7 @@ def add_shadows(month: str, params: Params, root: str | Path | None = None) -> l
         added.append(v)
     return added
 
-
+# %% ../nbs/21_production.ipynb #b7d8da31
 def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
     """A scored month's targets arrived: performance and verdict for the champion's list and every shadow list;
     the month joins the labelled store (DVC) that training windows read. Returns the champion's monitoring.json."""
