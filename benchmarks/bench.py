@@ -4,8 +4,9 @@
     python benchmarks/bench.py 20000 100000             # any sizes (generate.n_users)
     python benchmarks/bench.py 1500 --set models.lightgbm.params.n_estimators=40 --out /tmp/bench
 
-Each size gets a fresh copy of the working tree (tests/conftest.py's copy_project: no data,
-reports or dvc.lock, so it runs from clean, with its own embedded MLflow store), in which it runs:
+Each size gets a fresh copy of the working tree (tests/helpers.py's fresh_copy, as the pipeline tests
+make theirs: no data, reports or dvc.lock, so it runs from clean, with its own embedded MLflow store),
+in which it runs:
 
 1. `dvc repro`, watched by polling its process tree every INTERVAL_S. DVC starts each stage's
    command with DVC_STAGE in its environment, which names the stage of every child of dvc, so the
@@ -45,7 +46,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import copy_project, env, update_params  # noqa: E402  (the copy the pipeline tests run in)
+from helpers import env, fresh_copy, stages_run  # noqa: E402  (the copy the pipeline tests run in)
 
 DEFAULT_SIZES = [20_000, 100_000, 300_000, 1_000_000]
 INTERVAL_S = 0.2
@@ -173,13 +174,11 @@ def one_size(n_users: int, overrides: dict, repeat: int, keep: bool, models: boo
               "mem_available_gb_before": round(psutil.virtual_memory().available / 1024**3, 1),
               "load_avg_before": os.getloadavg()}
     try:
-        root = copy_project(folder / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-        update_params(root, {**overrides, "generate.n_users": n_users})
-        subprocess.run(["git", "commit", "-qam", f"bench: {n_users} users"], cwd=root, check=True)
+        root = fresh_copy(folder / "devchange", {**overrides, "generate.n_users": n_users}, f"bench: {n_users} users")
         stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
 
         full = watch(["dvc", "repro"], root, by_stage=True)
-        ran = [line.split("'")[1] for line in full["output"].splitlines() if line.startswith("Running stage '")]
+        ran = stages_run(full["output"])
         result["full_run"] = {"wall_s": full["wall_s"], "cpu_s": full["cpu_s"], "order": ran,
                               "stages": {s: full["groups"].get(s) for s in stages}, "dvc": full["groups"].get("dvc")}
         result["train_rows"] = _rows(root / "data/processed/train.parquet")
@@ -188,7 +187,7 @@ def one_size(n_users: int, overrides: dict, repeat: int, keep: bool, models: boo
 
         noop = watch(["dvc", "repro"], root)
         result["noop"] = {"wall_s": noop["wall_s"], "cpu_s": noop["cpu_s"],
-                          "stages_run": [l.split("'")[1] for l in noop["output"].splitlines() if l.startswith("Running stage '")]}
+                          "stages_run": stages_run(noop["output"])}
         print(f"  no-op dvc repro: {noop['wall_s']} s", flush=True)
 
         score = result["full_run"]["stages"].get("score")

@@ -3,7 +3,7 @@
     python benchmarks/report.py                     # writes reports/bench/report.json and prints a table
     python benchmarks/report.py --out /tmp/bench --repeat 3
 
-In a fresh copy of the working tree (tests/conftest.py's copy_project, its own embedded MLflow store),
+In a fresh copy of the working tree (tests/helpers.py's tiny_copy, its own embedded MLflow store),
 on tiny data with 24 generated production months (the scoring month and generate.stream_months = 23 more):
 
 1. `dvc repro` trains v1 and `devchange promote` makes it champion;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TINY, BIN, copy_project, run, update_params  # noqa: E402
+from helpers import BIN, run, tiny_copy  # noqa: E402
 
 SIZES = (1, 7, 24)
 WRITE_MONTHS = """
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="devchange-report-bench-") as tmp:
-        root = copy_project(Path(tmp) / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-        update_params(root, {**TINY, "generate.stream_months": 23, "promotion.floor": 0.0})  # the scoring month + 23
+        root = tiny_copy(Path(tmp) / "devchange", {"generate.stream_months": 23, "promotion.floor": 0.0})  # the scoring month + 23
         setup = {}
         t = time.perf_counter(); run(["dvc", "repro"], root); setup["dvc_repro_s"] = time.perf_counter() - t
         run(["devchange", "promote"], root)

@@ -23,11 +23,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
 
-from conftest import BIN, ROOT, TINY, copy_project, free_port, run, session_pids, stop_session, update_params
+from helpers import (BIN, FRESH, ROOT, airflow_health, airflow_healthy, airflow_session, file_hashes, free_port,
+                     monitoring_doc, run, session_pids, stop_session, tiny_copy)
 
 AIRFLOW_BIN = ROOT / ".venv-airflow" / "bin"
 DRIVER = Path(__file__).with_name("airflow_driver.py")
@@ -69,10 +69,7 @@ MONTHS = ("2020-09-30", "2020-10-31", "2020-11-30", "2020-12-31")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     "A copy of the repository on tiny data, with a migrated Airflow home inside it."
-    root = copy_project(tmp_path_factory.mktemp("airflow") / "devchange",
-                        skip_prefixes=("reports/", "data/raw", "data/production", "dvc.lock"))
-    update_params(root, {**TINY, **LOOP})
-    run(["git", "commit", "-qam", "tiny params"], root)
+    root = tiny_copy(tmp_path_factory.mktemp("airflow") / "devchange", LOOP, skip_prefixes=(*FRESH, "data/production"))
     run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], root, extra_env=airflow_env(root))
     return root
 
@@ -224,9 +221,7 @@ def _listening(pids: list[int]) -> set[tuple[str, int]]:
 
 def _snapshot(root: Path) -> dict:
     "Every file production wrote, with its bytes' hash, and the registry's versions and aliases."
-    import hashlib
-    files = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted((root / "data/production").rglob("*")) if p.is_file()}
+    files = file_hashes(root, ["data/production"])
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     versions = sorted((int(v.version), tuple(sorted(v.tags.items()))) for v in client.search_model_versions("name = 'devchange'"))
     return {"files": files, "versions": versions, "aliases": dict(client.get_registered_model("devchange").aliases),
@@ -247,24 +242,16 @@ class Airflow:
                 ["make", "airflow", f"AIRFLOW_PORT={self.port}", f"VENV={BIN.parent}",
                  f"AIRFLOW_VENV={AIRFLOW_BIN.parent}"],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline, health = time.monotonic() + START_S, {}
+        deadline = time.monotonic() + START_S
         while True:  # up: the scheduler, the DAG processor and the triggerer report healthy
             assert self.proc.poll() is None, f"make airflow exited ({self.proc.returncode}):\n{log_path.read_text()[-4000:]}"
-            try:
-                health = requests.get(f"{self.api}/api/v2/monitor/health", timeout=5).json()
-                if all(health.get(c, {}).get("status") == "healthy"
-                       for c in ("metadatabase", "scheduler", "dag_processor", "triggerer")):
-                    break
-            except requests.RequestException:
-                pass
+            health = airflow_health(self.api)
+            if airflow_healthy(health, ("metadatabase", "scheduler", "dag_processor", "triggerer")): break
             assert time.monotonic() < deadline, f"not healthy after {START_S} s: {health}\n{log_path.read_text()[-4000:]}"
             time.sleep(2)
         self.started_s = time.monotonic() - t0
         password = json.loads((root / "airflow/home/simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        token = requests.post(f"{self.api}/auth/token", json={"username": "admin", "password": password},
-                              timeout=30).json()["access_token"]
-        self.s = requests.Session()
-        self.s.headers["Authorization"] = f"Bearer {token}"
+        self.s = airflow_session(self.api, password)
         deadline = time.monotonic() + START_S
         while True:
             self.dags = self.s.get(f"{self.api}/api/v2/dags", timeout=30).json()["dags"]
@@ -351,11 +338,6 @@ def scheduled(project, champion, tmp_path_factory):
     return out
 
 
-def _doc(root: Path, month: str, version: int | None = None) -> dict:
-    folder = root / "data/production" / month
-    return json.loads(((folder / "shadow" / f"v{version}") if version else folder).joinpath("monitoring.json").read_text())
-
-
 def test_airflow_starts_paused_and_listens_on_localhost_only(scheduled):
     assert scheduled["paused_at_start"]  # nothing runs before someone says so
     assert {a for a, _ in scheduled["listening"]} == {"127.0.0.1"}, scheduled["listening"]
@@ -367,9 +349,9 @@ def test_the_scheduler_runs_every_month_in_order(project, scheduled):
     assert [r["state"] for r in runs] == ["success"] * 4, {k: {t: v[-2000:] for t, v in logs.items()}
                                                             for k, logs in scheduled["logs"].items()}
     for month in MONTHS:
-        assert _doc(project, month)["model"]["version"] >= 1 and (project / f"data/production/{month}/scores.parquet").is_file()
+        assert monitoring_doc(project, month)["model"]["version"] >= 1 and (project / f"data/production/{month}/scores.parquet").is_file()
     for month in MONTHS[:-1]:  # evaluated by the next month's run, and in the labelled store
-        assert _doc(project, month)["performance"]["n_with_target"] > 0
+        assert monitoring_doc(project, month)["performance"]["n_with_target"] > 0
         assert (project / f"data/labelled/{month}.dvc").is_file()
     for r in runs:  # the last task renders the production report, logged to MLflow
         assert "devchange report: wrote reports/production.html" in scheduled["logs"][r["dag_run_id"]]["report"]
@@ -379,8 +361,8 @@ def test_the_scheduler_runs_every_month_in_order(project, scheduled):
 
 
 def test_a_retrain_verdict_triggers_training_on_the_window_ending_at_that_month(project, scheduled):
-    retrained = [m for m in MONTHS[:-1] if _doc(project, m)["verdict"]["status"] == "retrain"]
-    assert retrained, {m: _doc(project, m)["verdict"] for m in MONTHS}  # the world drifts: the loop must turn
+    retrained = [m for m in MONTHS[:-1] if monitoring_doc(project, m)["verdict"]["status"] == "retrain"]
+    assert retrained, {m: monitoring_doc(project, m)["verdict"] for m in MONTHS}  # the world drifts: the loop must turn
     training = [r for r in scheduled["training"] if r["run_type"] != "manual"]  # not the dag.test() refusal above
     assert sorted(r["dag_run_id"] for r in training) == [f"retrain__{m}" for m in retrained]
     assert all(r["state"] == "success" for r in training), {r["dag_run_id"]: scheduled["logs"][r["dag_run_id"]]
@@ -401,7 +383,7 @@ def test_the_new_challenger_shadows_the_next_month_and_is_promoted_when_it_wins(
     margin = yaml.safe_load((project / "params.yaml").read_text())["promotion"]["margin"]
     for r in records:
         nxt = MONTHS[MONTHS.index(r["month"]) + 1]
-        shadow = _doc(project, nxt, r["version"])  # scored blind: trained up to r["month"], before nxt's targets
+        shadow = monitoring_doc(project, nxt, r["version"])  # scored blind: trained up to r["month"], before nxt's targets
         assert shadow["shadow"] in ("challenger", "previous_champion")
         assert shadow["model"]["last_train_month"] == r["month"]
         if nxt == MONTHS[-1]: continue  # December's targets come after the backfill
@@ -409,7 +391,7 @@ def test_the_new_challenger_shadows_the_next_month_and_is_promoted_when_it_wins(
         if not decided: continue  # a newer retrain took its place as challenger before it was decided
         d = decided[0]
         assert d["challenger_lift"] == shadow["performance"]["lift_at_k"]
-        assert d["champion_lift"] == _doc(project, nxt)["performance"]["lift_at_k"]
+        assert d["champion_lift"] == monitoring_doc(project, nxt)["performance"]["lift_at_k"]
         assert d["promoted"] == (d["challenger_lift"] > d["champion_lift"] + margin), d
     assert any(d["evaluation_month"] is not None for d in decisions), decisions  # the loop decided at least once
 

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from conftest import ROOT, TINY
+from helpers import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench  # noqa: E402

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, TINY, copy_project, run, update_params
+from helpers import BIN, ROOT, TINY, copy_project, run, update_params
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 # each make target the workflow runs, and the file whose run of it keeps the step honest

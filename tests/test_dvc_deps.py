@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT, stage_outs
 
 PACKAGE = ROOT / "devchange"
 
@@ -84,17 +84,13 @@ def test_the_import_scan_sees_relative_and_lazy_imports():
     assert "tracking" in closure({"production"})  # imported inside a function, still a dependency
 
 
-def _outs(spec: dict) -> set[str]:
-    return {next(iter(o)) if isinstance(o, dict) else o for kind in ("outs", "metrics", "plots") for o in spec.get(kind, [])}
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_outputs_are_the_named_outputs(stage):
-    """Each output path is spelled once, in devchange.config.OUTPUTS with the stage that writes it;
+    """Each output path is spelled once, in devchange.catalog.OUTPUTS with the stage that writes it;
     dvc.yaml's outs of a stage are exactly those plus its report (executed notebook and HTML)."""
     from devchange.catalog import OUTPUTS
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    outs = set(stage_outs(ROOT / "dvc.yaml", stages=[stage]))
     named = {path for path, writer in OUTPUTS.values() if writer == stage}
-    assert _outs(spec) == named | {f"reports/{stage}.ipynb", f"reports/{stage}.html"}, (
-        f"dvc.yaml: stage {stage}: outs differ from config.OUTPUTS: only in dvc.yaml "
-        f"{sorted(_outs(spec) - named)}, only in OUTPUTS {sorted(named - _outs(spec))}")
+    assert outs == named | {f"reports/{stage}.ipynb", f"reports/{stage}.html"}, (
+        f"dvc.yaml: stage {stage}: outs differ from catalog.OUTPUTS: only in dvc.yaml "
+        f"{sorted(outs - named)}, only in OUTPUTS {sorted(named - outs)}")

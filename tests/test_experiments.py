@@ -10,7 +10,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, copy_project, run, update_params
+from helpers import commit, run, tiny_copy
 from devchange.loop import parse_queue_status
 
 DVC_EXP, KIND, CODE_TAG = "devchange.dvc_exp", "devchange.kind", "test.code"
@@ -19,13 +19,12 @@ LEAVES = (7, 15)  # the sweep's grid: models.lightgbm.params.num_leaves
 
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("experiments") / "devchange",
-                        skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, {**TINY, "cv.candidates": ["lightgbm"]})
+    root = tiny_copy(tmp_path_factory.mktemp("experiments") / "devchange", {"cv.candidates": ["lightgbm"]},
+                     "tiny params, LightGBM only")
     with (root / "devchange" / "tracking.py").open("a") as f:  # code only this repository has
         f.write("\n_exp_tags = exp_tags\ndef exp_tags(): return {**_exp_tags(), CODE_TAG: 'the copy'}\n"
                 f"CODE_TAG = {CODE_TAG!r}\n")
-    run(["git", "commit", "-qam", "tiny params, LightGBM only, a marked tracking module"], root)
+    commit(root, "a marked tracking module")
     # what `make sweep` runs: dvc exp run --queue -S <grid>, dvc queue start -j 2, wait, compare from MLflow
     sweep = run(["devchange", "sweep", "--set", "models.lightgbm.params.num_leaves=" + ",".join(map(str, LEAVES)),
                  "-j", "2"], root)

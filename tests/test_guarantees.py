@@ -10,7 +10,6 @@
   what was expected and what was found, and no output changes.
 
 The first run is `tiny_pipeline` (conftest); this module runs a second fresh copy itself."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -21,16 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, TINY, copy_project, env, run, update_params
+from helpers import BIN, env, file_hashes, run, tiny_copy
 
 RUN_TIMEOUT_S = 1200  # a tiny full run takes 2-4 min on a busy 2-core machine
 
 
 def _outputs(root: Path) -> dict[str, str]:
     "sha256 of every file the pipeline writes (data, models, reports) and of dvc.lock."
-    files = [root / "dvc.lock", *(f for d in ("data", "models", "reports") for f in (root / d).rglob("*")
-                                   if f.is_file() and f.name != ".gitignore")]
-    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)}
+    return {f: h for f, h in file_hashes(root, ("dvc.lock", "data", "models", "reports")).items()
+            if Path(f).name != ".gitignore"}
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> None:
@@ -86,9 +84,7 @@ def interrupted(tmp_path_factory):
     `train` right before its first file in models/ (SIGKILL to DVC's process group and to the stage's kernel, which
     runs in a session of its own); then `dvc repro` once more to the end, without the hold."""
     base = tmp_path_factory.mktemp("guarantees")
-    root = copy_project(base / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, TINY)
-    run(["git", "commit", "-qam", "tiny params"], root)
+    root = tiny_copy(base / "devchange")
     site, held = base / "site", base / "held-before-models"
     site.mkdir()
     (site / "sitecustomize.py").write_text(HOLD_BEFORE_MODELS.format(

@@ -1,8 +1,9 @@
 """Production inputs, as a data engineer's exports really arrive: the commands refuse each bad
 one cleanly and accept the good ones.
 
-One copy of the repository on tiny data: `dvc repro` trains v1, `devchange promote` makes it
-champion (real embedded MLflow store), `devchange score-month` scores October. Then every
+A copy of the session's tiny run (`tiny_workspace`: its model v1 registered as challenger in the
+copy's embedded MLflow store), `devchange promote` makes v1 champion, `devchange score-month` scores
+October. Then every
 malformed file below goes through the real command: exit code 1, one line on stderr naming the
 file and what is wrong, no traceback, nothing written or changed under `data/production/` and
 no production run logged. Good files, in the shapes the documentation accepts, go through."""
@@ -18,19 +19,19 @@ from mlflow import MlflowClient
 
 from devchange.metrics import top_k_metrics
 
-from conftest import TINY, copy_project, run, update_params
+from helpers import commit, run, update_params
 
 SCORED, FRESH, DECEMBER = "2020-10-31", "2020-11-30", "2020-12-31"  # October is scored first; the others later
 
 
 @pytest.fixture(scope="module")
-def prod(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("inputs") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
+def prod(tiny_workspace):
+    root = tiny_workspace
     # tiny data can put the worst CV fold below the default floor: with floor 0 the first model becomes champion
-    update_params(root, {**TINY, "cv.candidates": ["lightgbm"], "promotion.floor": 0.0})
-    run(["git", "commit", "-qam", "tiny params"], root)
-    run(["dvc", "repro"], root)
-    run(["devchange", "promote"], root)
+    update_params(root, {"promotion.floor": 0.0})
+    commit(root, "promotion floor 0")
+    assert run(["dvc", "repro"], root).stdout.count("Running stage") == 1  # monitor: the only stage the floor reaches
+    assert "champion: v1" in run(["devchange", "promote"], root).stdout
     run(["devchange", "score-month", "--features", f"data/stream/{SCORED}/features.feather"], root)
     return root
 

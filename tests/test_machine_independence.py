@@ -8,14 +8,13 @@ with `threadpoolctl`. The `OPENBLAS_*` variables are left alone: some machines s
 correctness. Every hash `dvc.lock` records (data, predictions, model, metrics, plots, executed
 reports) must be equal."""
 import json
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import TINY, copy_project, run, update_params
+from helpers import run, tiny_copy
 
 SITECUSTOMIZE = """\
 # Test only: limit the BLAS libraries of this process to {threads} thread(s) and say so in {log}.
@@ -31,9 +30,7 @@ with open(os.path.join({log!r}, f"{{os.getpid()}}.json"), "w") as _f:
 
 def _limited_run(base: Path, threads: int) -> dict:
     "A fresh tiny copy under `base`, `dvc repro` with BLAS limited to `threads`; its lock and what each process saw."
-    root = copy_project(base / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, TINY)
-    run(["git", "commit", "-qam", "tiny params"], root)
+    root = tiny_copy(base / "devchange")
     site, log = base / "site", base / "blas-log"
     site.mkdir()
     log.mkdir()

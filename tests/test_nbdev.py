@@ -8,10 +8,9 @@ import importlib.util
 import io
 import json
 import tokenize
-import shutil
 from pathlib import Path
 
-from conftest import BIN, ROOT, copy_project, run
+from helpers import BIN, ROOT, copy_project, run
 
 
 def _changed(a: Path, b: Path, pattern: str) -> list[str]:

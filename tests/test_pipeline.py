@@ -1,15 +1,16 @@
 """End to end: `dvc repro` in a copy of the repository, on a tiny data set, checked output by output.
 
-One copy goes through three runs, as a user would: the synthetic data; then the user's own
-files (data.source: directory); then a user file that breaks the contract."""
-import hashlib
+The run is the session's `tiny_pipeline` (conftest), read as it is. What changes a workspace (edits, forced
+and further runs) happens in this module's copy of that run, `tiny_workspace`, which goes on as a user would:
+a run without drift; then the user's own files (data.source: directory); then a user file that breaks the
+contract."""
 import json
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, run, update_params
+from helpers import ROOT, run, sha256, update_params
 from devchange.catalog import OUTPUTS as OUTPUTS_BY_NAME
 
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
@@ -19,11 +20,8 @@ OUTPUTS = sorted({path for path, _ in OUTPUTS_BY_NAME.values() if path != "data/
 
 @pytest.fixture(scope="module")
 def project(tiny_pipeline):
+    "The shared run, read only."
     return tiny_pipeline.root, tiny_pipeline.result
-
-
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_every_stage_writes_its_outputs_and_report(project):
@@ -47,10 +45,11 @@ def test_second_repro_has_nothing_to_do(project):
     assert "up to date" in run(["dvc", "status"], root).stdout
 
 
-def test_a_forced_rerun_reproduces_every_output_byte_for_byte(project):
+def test_a_forced_rerun_reproduces_every_output_byte_for_byte(tiny_workspace, tiny_pipeline):
     "Every hash in dvc.lock (data, models, metrics, executed reports) is a function of code, data and params."
-    root, _ = project
+    root = tiny_workspace
     before = (root / "dvc.lock").read_text()
+    assert before == tiny_pipeline.lock  # the copy of the run is the run
     run(["dvc", "repro", "--force"], root)
     after = (root / "dvc.lock").read_text()
     assert after == before, "outputs differ between two runs of the same inputs: " + "; ".join(
@@ -111,8 +110,8 @@ def test_monitor_puts_the_drifted_features_on_top_and_is_not_ok(project):
     assert doc["performance"]["oracle_lift_at_k"] > 1
 
 
-def test_tracking_settings_rerun_nothing(project):
-    root, _ = project
+def test_tracking_settings_rerun_nothing(tiny_workspace):
+    root = tiny_workspace
     update_params(root, {"tracking.timeout_s": 7, "tracking.model_name": "another-name"})
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
     assert status == {}, status
@@ -124,9 +123,9 @@ def test_tracking_settings_rerun_nothing(project):
     ("folds", {"cross_validate"}),  # and not train, score or monitor, which never import it
     ("models", {"cross_validate", "train", "score"}),
 ])
-def test_a_code_change_reruns_every_stage_that_uses_it(project, module, stages):
+def test_a_code_change_reruns_every_stage_that_uses_it(tiny_workspace, module, stages):
     from test_dvc_deps import stages_using
-    root, _ = project
+    root = tiny_workspace
     path = root / "devchange" / f"{module}.py"
     path.write_text(path.read_text() + "\n# an edit\n")
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
@@ -134,16 +133,16 @@ def test_a_code_change_reruns_every_stage_that_uses_it(project, module, stages):
     assert set(status) == stages_using(module) == stages, status
 
 
-def test_one_parameter_reruns_only_its_stages(project):
-    root, _ = project
+def test_one_parameter_reruns_only_its_stages(tiny_workspace):
+    root = tiny_workspace
     update_params(root, {"featurize.float32": False})
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
     assert set(status) == {"featurize"}, status
     run(["git", "checkout", "params.yaml"], root)
 
 
-def test_a_run_without_drift_is_ok(project):
-    root, _ = project
+def test_a_run_without_drift_is_ok(tiny_workspace):
+    root = tiny_workspace
     update_params(root, {"generate.drift": 0.0, "generate.unseen_category_share": 0.0})
     run(["dvc", "repro"], root)
     doc = json.loads((root / "reports/metrics/monitoring.json").read_text())
@@ -153,9 +152,9 @@ def test_a_run_without_drift_is_ok(project):
 
 
 @pytest.fixture(scope="module")
-def own_data(project, tmp_path_factory):
+def own_data(tiny_workspace, tmp_path_factory):
     "The user's own files: the brief's schema, categoricals as plain strings, no oracle."
-    root, _ = project
+    root = tiny_workspace
     folder = tmp_path_factory.mktemp("own_data")
     for name in ("target", "user_features", "scoring_user_features", "scoring_target"):
         df = pd.read_feather(root / "data/raw" / f"{name}.feather")
@@ -169,7 +168,7 @@ def own_data(project, tmp_path_factory):
 
 def test_pipeline_runs_unchanged_on_own_data(own_data):
     root, folder = own_data
-    assert _digest(root / "data/raw/target.feather") == _digest(folder / "target.feather")
+    assert sha256(root / "data/raw/target.feather") == sha256(folder / "target.feather")
     assert len(pd.read_feather(root / "data/raw/oracle.feather")) == 0
     cv = json.loads((root / "reports/metrics/cv.json").read_text())
     assert set(cv["candidates"]) == {"lightgbm", "logreg"}  # no oracle for real users
@@ -178,7 +177,7 @@ def test_pipeline_runs_unchanged_on_own_data(own_data):
 
 def test_contract_violation_stops_the_pipeline_and_keeps_earlier_outputs(own_data):
     root, folder = own_data
-    kept = {f: _digest(root / f) for f in ("data/processed/train.parquet", "reports/metrics/data.json",
+    kept = {f: sha256(root / f) for f in ("data/processed/train.parquet", "reports/metrics/data.json",
                                            "reports/validate.html", "models/model.joblib")}
     target = pd.read_feather(folder / "target.feather")
     target.loc[[3, 7, 11], "target"] = 2
@@ -188,5 +187,5 @@ def test_contract_violation_stops_the_pipeline_and_keeps_earlier_outputs(own_dat
     message = p.stdout + p.stderr
     assert "target.feather" in message and "'target'" in message and "3 rows" in message, message[-3000:]
     assert "Running stage 'featurize'" not in p.stdout
-    assert {f: _digest(root / f) for f in kept} == kept
+    assert {f: sha256(root / f) for f in kept} == kept
     assert (root / "reports/failed/validate.ipynb").is_file()

@@ -1,13 +1,12 @@
-"""The production report end to end, in a copy of the repository on tiny data (embedded MLflow store).
+"""The production report end to end, in a copy of the session's tiny run (`tiny_workspace`, its embedded MLflow store).
 
 The README's walk-through, with `devchange report` / `make report` at each point a person would look:
-1. after `dvc repro` and before `make promote`: a registry with no champion;
+1. after `dvc repro` (the tiny run, and its monitor stage again with promotion.floor 0) and before
+   `make promote`: a registry with no champion;
 2. after `make promote`, `score-month` and `evaluate-month` of September: one month;
 3. after `score-month` of October (targets not in yet) and a November whose features are refused:
    the three clear lines, and every figure on the page equal to the monitoring file it came from.
 The final page is also rendered by headless Chromium, and the screenshot must not be blank."""
-import html as htmllib
-import json
 import math
 import os
 import shutil
@@ -19,7 +18,7 @@ import pytest
 from bs4 import BeautifulSoup
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, copy_project, run, update_params
+from helpers import ROOT, commit, monitoring_doc, run, update_params
 
 STREAM = ("2020-09-30", "2020-10-31")
 REFUSED = "2020-11-30"
@@ -31,25 +30,25 @@ def _page(root) -> str:
 
 
 @pytest.fixture(scope="module")
-def walk(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("report") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
+def walk(tiny_workspace, tmp_path_factory):
+    root = tiny_workspace  # the session's tiny run, copied: v1 is the registry's challenger, no champion yet
     os.symlink(ROOT / ".venv", root / ".venv")  # `make report` runs in the project's environment
-    update_params(root, {**TINY, "promotion.floor": 0.0,  # tiny data: no fold may fall below a floor by chance
-                         "generate.stream_months": 1})  # data/stream: September and October
-    run(["git", "commit", "-qam", "tiny params"], root)
+    update_params(root, {"promotion.floor": 0.0})  # tiny data: no fold may fall below a floor by chance
+    commit(root, "promotion floor 0")
     sh = lambda *cmd, check=True: run(list(cmd), root, check=check)
     out = {"root": root, "sh": sh}
-    sh("dvc", "repro")
+    assert sh("dvc", "repro").stdout.count("Running stage") == 1  # monitor: the only stage the floor reaches
     out["no_champion"] = (sh("devchange", "report"), _page(root))
     sh("make", "promote")
     sh("devchange", "score-month", "--features", f"data/stream/{STREAM[0]}/features.feather")
     sh("devchange", "evaluate-month", "--targets", f"data/stream/{STREAM[0]}/targets.feather")
     out["one_month"] = (sh("make", "report"), _page(root))
     sh("devchange", "score-month", "--features", f"data/stream/{STREAM[1]}/features.feather")
-    refused = root / "data" / "stream" / REFUSED
+    # November's features arrive (data/stream/2020-11-30, generated) and so does a broken export of them
+    refused = tmp_path_factory.mktemp("incoming") / REFUSED
     refused.mkdir()
-    features = pd.read_feather(root / f"data/stream/{STREAM[1]}/features.feather")
-    features.assign(month=pd.Timestamp(REFUSED)).drop(columns=["feature_3"]).to_feather(refused / "features.feather")
+    features = pd.read_feather(root / f"data/stream/{REFUSED}/features.feather")
+    features.drop(columns=["feature_3"]).to_feather(refused / "features.feather")
     out["refused"] = sh("devchange", "score-month", "--features", str(refused / "features.feather"), check=False)
     out["final"] = (sh("make", "report"), _page(root))
     return out
@@ -69,10 +68,6 @@ def _months_table(page: str) -> list[dict]:
     raise AssertionError("no table of months in the report")
 
 
-def _monitoring(root, month) -> dict:
-    return json.loads((root / "data" / "production" / month / "monitoring.json").read_text())
-
-
 def _shown(x, spec=".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -89,7 +84,7 @@ def test_a_registry_without_champion_is_a_clear_line(walk):
 
 def test_one_month(walk):
     p, page = walk["one_month"]
-    doc = _monitoring(walk["root"], STREAM[0])
+    doc = monitoring_doc(walk["root"], STREAM[0])
     text = _text(page)
     assert f"Newest month {STREAM[0]}: {doc['verdict']['status']} ({doc['verdict']['scope']})" in text
     assert [r["month"] for r in _months_table(page)] == [STREAM[0]]
@@ -101,7 +96,7 @@ def test_every_figure_shown_equals_the_monitoring_file(walk):
     rows = _months_table(page)
     assert [r["month"] for r in rows] == list(STREAM)
     for row in rows:
-        doc = _monitoring(root, row["month"])
+        doc = monitoring_doc(root, row["month"])
         p = doc["performance"] or {}
         expected = {"model": f"champion v{doc['model']['version']}", "users": str(doc["drift"]["n"]),
                     "k": str(doc["scores"]["k"]), "verdict": doc["verdict"]["status"],
@@ -114,7 +109,7 @@ def test_every_figure_shown_equals_the_monitoring_file(walk):
         assert {k: row[k] for k in expected} == expected, row["month"]
     # the first screen: the champion, the newest month's verdict with each of its reasons, what happens next
     text = _text(page)
-    newest, evaluated = _monitoring(root, STREAM[1]), _monitoring(root, STREAM[0])
+    newest, evaluated = monitoring_doc(root, STREAM[1]), monitoring_doc(root, STREAM[0])
     tags = MlflowClient(f"sqlite:///{root}/mlflow.db").get_model_version("devchange", "1").tags
     window = tags["devchange.train_months"].split(",")
     assert text.index(f"Champion: v1 , trained on {window[0]} – {window[-1]}") < text.index("Lift@k per month against")
@@ -135,7 +130,7 @@ def test_a_month_without_targets_and_a_refused_month_are_clear_lines(walk):
     refused, text = walk["refused"], _text(walk["final"][1])
     assert refused.returncode == 1 and "missing feature column(s) feature_3" in refused.stderr
     assert not (walk["root"] / "data" / "production" / REFUSED).exists()
-    assert (f"{STREAM[1]}: targets not in yet; verdict {_monitoring(walk['root'], STREAM[1])['verdict']['status']} "
+    assert (f"{STREAM[1]}: targets not in yet; verdict {monitoring_doc(walk['root'], STREAM[1])['verdict']['status']} "
             "on drift only") in text
     assert (f"{REFUSED}: its features arrived but production has no directory for it: refused for bad input") in text
     assert "Traceback" not in walk["final"][1]
@@ -152,7 +147,7 @@ def test_the_report_and_each_months_metrics_are_in_mlflow(walk):
     evaluate = client.search_runs([exp], "tags.`devchange.kind` = 'production-evaluate'")
     assert len(evaluate) == 1
     history = client.get_metric_history(evaluate[0].info.run_id, "lift_at_k")
-    assert [(h.step, h.value) for h in history] == [(248, _monitoring(walk["root"], STREAM[0])["performance"]["lift_at_k"])]
+    assert [(h.step, h.value) for h in history] == [(248, monitoring_doc(walk["root"], STREAM[0])["performance"]["lift_at_k"])]
     scored = client.search_runs([exp], f"tags.`devchange.kind` = 'production-score' and tags.`devchange.month` = '{STREAM[1]}'")
     assert scored[0].data.metrics["month_index"] == 249
 

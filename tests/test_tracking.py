@@ -1,13 +1,12 @@
-"""devchange.tracking and devchange.registry against a real MLflow server (one per module) on tiny synthetic data.
+"""devchange.tracking and devchange.registry against a real MLflow server (the session's `server`) on tiny synthetic data.
 
 The server is `mlflow server` with its own SQLite store and proxied artifacts in a temporary
 folder; every test gets its own experiment, registered model name and throw-away repository
-root (a params.yaml and a dvc.yaml, which is what `devchange.config.repo_root` looks for)."""
+root (a params.yaml and a dvc.yaml, which is what `devchange.catalog.repo_root` looks for)."""
 import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 import socket
 import uuid
@@ -17,10 +16,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 import yaml
 
-from conftest import free_port
+from helpers import ROOT, child_runs, free_port
 from mlflow import MlflowClient
 
 from devchange import registry, tracking, tracking_store
@@ -32,8 +30,7 @@ from devchange.names import METRIC_NAMES, TARGET, AGGREGATES, CHAMPION
 from devchange.promotion import promotion_decision
 from devchange.tracking_store import TrackingError
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+
 def _sandbox_root(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for f in ("params.yaml", "dvc.yaml"): shutil.copy(ROOT / f, path / f)
@@ -125,7 +122,7 @@ def _decide_and_apply(model_name: str, version: int, lifts: dict, margin: float 
 
 
 def _children(client: MlflowClient, run) -> list:
-    return client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    return child_runs(client, run.info.experiment_id, run.info.run_id)
 
 
 # ---------------------------------------------------------------- the run tree

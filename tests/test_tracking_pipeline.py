@@ -28,7 +28,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, copy_project, run, update_params
+from helpers import ROOT, child_runs, commit, monitoring_doc, run, tiny_copy, update_params
 
 KIND, KEY = "devchange.kind", "devchange.pipeline_key"
 FOLD_METRICS = ("precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc")
@@ -50,20 +50,15 @@ def _state(root, client, name) -> tuple:
     return status, files, len(client.search_model_versions(f"name = '{name}'")), _aliases(client, name)
 
 
-def _doc(root, month, version=None) -> dict:
-    folder = root / "data/production" / month
-    return json.loads(((folder / "shadow" / f"v{version}") if version else folder).joinpath("monitoring.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def loop(server, tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("tracked") / "devchange", skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    os.symlink(ROOT / ".venv", root / ".venv")  # `make promote` runs in the project's environment
     model_name = f"devchange-e2e-{uuid.uuid4().hex[:6]}"
     # on tiny data the logistic regression's worst CV fold falls below 1.5 and even 1.0 (seen in CI): with no floor
     # the decisions turn on the lift on the months, which is what this module tests
-    update_params(root, {**TINY, "tracking.model_name": model_name, "cv.candidates": ["logreg"], "promotion.floor": 0.0})
-    run(["git", "commit", "-qam", "tiny params, logistic regression only"], root)
+    root = tiny_copy(tmp_path_factory.mktemp("tracked") / "devchange",
+                     {"tracking.model_name": model_name, "cv.candidates": ["logreg"], "promotion.floor": 0.0},
+                     "tiny params, logistic regression only")
+    os.symlink(ROOT / ".venv", root / ".venv")  # `make promote` runs in the project's environment
     env = {"MLFLOW_TRACKING_URI": server, "MLFLOW_EXPERIMENT_NAME": model_name}
     client = MlflowClient(server)
     sh = lambda *cmd, check=True: run(list(cmd), root, check=check, extra_env=env)
@@ -79,7 +74,7 @@ def loop(server, tmp_path_factory):
     out["promote_1"] = sh("make", "promote").stdout
     out["cv_1"] = json.loads((root / "reports/metrics/cv.json").read_text())
     run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "first run"], root)
+    commit(root, "first run")
 
     sh("dvc", "exp", "run", "-n", "gbm", "-S", "cv.candidates=[lightgbm]")
     out["aliases"]["after exp gbm"] = _aliases(client, model_name)
@@ -90,9 +85,9 @@ def loop(server, tmp_path_factory):
 
     # production: September scored now (champion v1, v2 in the shadow) and evaluated later
     sh("devchange", "score-month", "--features", f"data/stream/{SEP}/features.feather")
-    out["sep_scored"], out["sep_shadow_scored"] = _doc(root, SEP), _doc(root, SEP, 2)
+    out["sep_scored"], out["sep_shadow_scored"] = monitoring_doc(root, SEP), monitoring_doc(root, SEP, 2)
     sh("devchange", "evaluate-month", "--targets", f"data/stream/{SEP}/targets.feather")
-    out["sep"], out["sep_shadow"] = _doc(root, SEP), _doc(root, SEP, 2)
+    out["sep"], out["sep_shadow"] = monitoring_doc(root, SEP), monitoring_doc(root, SEP, 2)
     out["promote_3"] = sh("make", "promote").stdout
     out["aliases"]["after promote on September"] = _aliases(client, model_name)
     for month in STREAM:
@@ -126,8 +121,7 @@ def _parents(r):
 
 
 def _children(r, run_id, kind=None):
-    found = r["client"].search_runs([r["exp"]], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    return [c for c in found if kind is None or c.data.tags.get(KIND) == kind]
+    return child_runs(r["client"], r["exp"], run_id, kind)
 
 
 def _decided(d: dict, margin: float = 0.05) -> bool:
@@ -187,7 +181,7 @@ def test_the_shadow_list_gives_the_monitor_stages_figures(loop):
 def test_months_are_scored_by_the_champion_of_the_day_and_evaluated(loop):
     root, champion = loop["root"], loop["aliases"]["after promote on September"]["champion"]
     for month in STREAM:
-        doc = _doc(root, month)
+        doc = monitoring_doc(root, month)
         assert doc["model"] == {"name": loop["model_name"], "version": champion, "last_train_month": "2020-08-31"}
         assert doc["verdict"]["status"] in ("ok", "watch", "retrain") and doc["verdict"]["reasons"]
         assert doc["performance"]["n_with_target"] == doc["drift"]["n"]
@@ -198,8 +192,8 @@ def test_months_are_scored_by_the_champion_of_the_day_and_evaluated(loop):
 def test_after_a_promotion_the_previous_champion_keeps_scoring_in_the_shadow(loop):
     root, before = loop["root"], loop["champion_before_december"]
     assert loop["aliases"]["after promote on December"] == {"champion": 3, "challenger": 3, "previous_champion": before}
-    assert _doc(root, JAN)["model"]["version"] == 3
-    shadow = _doc(root, JAN, before)
+    assert monitoring_doc(root, JAN)["model"]["version"] == 3
+    shadow = monitoring_doc(root, JAN, before)
     assert shadow["shadow"] == "previous_champion" and shadow["model"]["last_train_month"] == "2020-08-31"
 
 
@@ -242,14 +236,14 @@ def test_retrain_trains_a_challenger_on_the_newest_labelled_window_as_a_dvc_expe
 def test_the_new_challenger_shadows_the_next_month_and_wins_on_it(loop):
     "The generator's concept drifts month by month: the model retrained on the newest months beats the old one."
     root = loop["root"]
-    shadow = _doc(root, DEC, 3)
+    shadow = monitoring_doc(root, DEC, 3)
     assert shadow["shadow"] == "challenger" and shadow["model"]["last_train_month"] == "2020-11-30"
-    assert shadow["performance"]["n_with_target"] > 0 and _doc(root, DEC)["model"]["version"] == loop["champion_before_december"]
+    assert shadow["performance"]["n_with_target"] > 0 and monitoring_doc(root, DEC)["model"]["version"] == loop["champion_before_december"]
     decision = json.loads((root / "data/production/promotions.json").read_text())[-1]
     assert (decision["challenger_version"], decision["champion_version"], decision["evaluation_month"]) == (
         3, loop["champion_before_december"], DEC)
     assert decision["challenger_lift"] == shadow["performance"]["lift_at_k"]
-    assert decision["champion_lift"] == _doc(root, DEC)["performance"]["lift_at_k"]
+    assert decision["champion_lift"] == monitoring_doc(root, DEC)["performance"]["lift_at_k"]
     assert decision["promoted"] and _decided(decision), decision
     assert decision["reason"] in loop["promote_4"] and "champion: v3" in loop["promote_4"]
 

@@ -5,13 +5,12 @@ It is not named test_*.py so that `make test` does not collect it; naming it run
 Environment: DEVCHANGE_COMPOSE (the compose command), BASE_IMAGE (the image's base),
 DEVCHANGE_CA_BUNDLE (CA certificates the build trusts; default: the host's bundle).
 
-One tiny copy of the project (tests/conftest.py's TINY settings, committed) is the build context,
+One tiny copy of the project (tests/helpers.py's TINY settings, committed) is the build context,
 the image's baked-in project and the clone that the compose stack mounts. In order: `make image`;
 the image's default command through `make image-run`, in the background, while `docker-compose
 build` and `up` bring the stack, its pipeline service runs against the stack's MLflow, `make
 promote` runs from the host against it and the MLflow store survives a restart; then the default
 run's outputs are checked. Timings are printed at the end, never asserted."""
-import hashlib
 import json
 import os
 import shlex
@@ -29,7 +28,8 @@ import requests
 import yaml
 from mlflow import MlflowClient
 
-from conftest import BIN, TINY, copy_project, env, free_port, update_params
+from helpers import (BIN, TINY, airflow_health, airflow_healthy, airflow_session, copy_project, env, file_hashes,
+                     free_port, stage_outs, update_params)
 
 COMPOSE = shlex.split(os.environ.get("DEVCHANGE_COMPOSE", "docker-compose"))
 # docker-compose v1 gives up on an engine that takes over 60 s to answer (a stop of several containers
@@ -369,19 +369,11 @@ AIRFLOW_RUN_TIMEOUT_S = 900
 def _airflow_session(stack) -> requests.Session:
     "A session logged in to the Airflow service as admin, once its scheduler and DAG processor are healthy."
     start, health = time.monotonic(), {}
-    while not all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")):
+    while not airflow_healthy(health, ("metadatabase", "scheduler", "dag_processor")):
         assert time.monotonic() - start < START_TIMEOUT_S, f"Airflow not healthy: {health}\n{stack.logs()}"
         time.sleep(2)
-        try:
-            health = requests.get(f"{stack.airflow}/api/v2/monitor/health", timeout=5).json()
-        except (requests.RequestException, ValueError):
-            pass
-    r = requests.post(f"{stack.airflow}/auth/token", json={"username": "admin", "password": stack.airflow_password},
-                      timeout=30)
-    assert r.status_code in (200, 201), f"login with AIRFLOW_ADMIN_PASSWORD failed: {r.status_code} {r.text}"
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-    return s
+        health = airflow_health(stack.airflow)
+    return airflow_session(stack.airflow, stack.airflow_password)  # AIRFLOW_ADMIN_PASSWORD
 
 
 def _hostnames(stack, service: str) -> set[str]:
@@ -492,21 +484,6 @@ def test_restarting_postgres_mlflow_and_the_scheduler_keeps_every_record(stack, 
     assert _state(stack, MlflowClient(stack.uri), s) == before
 
 
-def _cached_outs(root: Path) -> list[str]:
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    return [next(iter(o)) if isinstance(o, dict) else o for st in stages.values() for kind in ("outs", "metrics")
-            for o in st.get(kind, []) if not (isinstance(o, dict) and next(iter(o.values())).get("cache") is False)]
-
-
-def _hashes(root: Path, outs: list[str]) -> dict[str, str]:
-    files = {}
-    for out in outs:
-        p = root / out
-        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
-            if f.is_file(): files[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return files
-
-
 def test_dvc_push_in_one_container_and_pull_in_a_fresh_clone_give_identical_files(stack, pipeline, tmp_path_factory):
     root = stack.root
     p = sh(stack.compose + ["run", "-T", "--rm", "pipeline", "dvc", "push"], root, timeout=600)
@@ -525,8 +502,8 @@ def test_dvc_push_in_one_container_and_pull_in_a_fresh_clone_give_identical_file
     timed("dvc pull in a fresh clone", stack.compose + ["run", "-T", "--rm", "-v", f"{fresh}:{inside}", "-w", inside,
                                                          "pipeline", "sh", "-c", "dvc pull && dvc status"],
           cwd=root, timeout=600)
-    outs = _cached_outs(root)
-    pulled, original = _hashes(fresh, outs), _hashes(root, outs)
+    outs = stage_outs(root / "dvc.yaml", ("outs", "metrics"), cached_only=True)
+    pulled, original = file_hashes(fresh, outs), file_hashes(root, outs)
     assert pulled == original and len(pulled) >= len(outs), set(pulled.items()) ^ set(original.items())
     assert "url = /home/devchange/dvc-remote" in (fresh / ".dvc/config.local").read_text()
     FACTS["DVC remote"] = f"{len(pulled)} files pushed from the clone and pulled into a fresh clone, identical"
@@ -567,15 +544,9 @@ def default_run(default_run_started, tmp_path_factory):
     return SimpleNamespace(out=out, second=second)
 
 
-def _outs(root: Path) -> list[str]:
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    return [next(iter(o)) if isinstance(o, dict) else o
-            for s in stages.values() for kind in ("outs", "metrics") for o in s.get(kind, [])]
-
-
 def test_default_command_runs_the_pipeline_on_tiny_data(default_run, project):
     out = default_run.out
-    missing = [o for o in _outs(project.root) if not (out / o).exists()]
+    missing = [o for o in stage_outs(project.root / "dvc.yaml", ("outs", "metrics")) if not (out / o).exists()]
     assert not missing, f"outputs the image's `dvc repro` did not write: {missing}"
     lock = yaml.safe_load((out / "dvc.lock").read_text())
     assert lock["stages"]["generate"]["params"]["params.yaml"]["generate"]["n_users"] == TINY["generate.n_users"]
