@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test bench lab ui export examples readme docs guides lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,8 +71,15 @@ examples: env  ## run the library notebooks and keep their outputs, the examples
 	jupyter nbconvert --to notebook --execute --inplace nbs/[0-9]*.ipynb
 	nbdev_clean
 
+DOCS_DIR ?= _docs
 readme: env  ## write the README's opening from nbs/index.ipynb (its outputs as saved: run the notebook first)
 	python tools/readme.py
+
+docs: env  ## the docs site in _docs/ (DOCS_DIR=...): home, guides, library chapters with their API (tools/docs.py)
+	python tools/docs.py --out $(DOCS_DIR)
+
+guides: env  ## run the guides (nbs/guides/) on tiny data and save their outputs, which the docs show (tools/guides.py)
+	python tools/guides.py
 
 lock: env  ## re-resolve requirements.in into requirements.lock
 	uv pip compile requirements.in -o requirements.lock --python-version 3.11

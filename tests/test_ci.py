@@ -14,6 +14,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 # each make target the workflow runs, and the file whose run of it keeps the step honest
 EXERCISED_BY = {
     "test": ".ci/run",
+    "docs": "tests/test_docs.py",
     "repro-tiny": "tests/test_ci.py",
     "pr-report": "tests/test_ci.py",
     "image": "tests/docker/docker_e2e.py",
