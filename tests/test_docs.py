@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from conftest import ROOT, run
+from helpers import ROOT, run
 import docs
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 import guides
 
 GUIDES = guides.guides()

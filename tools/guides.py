@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
-from conftest import TINY, copy_project, run, update_params  # noqa: E402  (the copy the pipeline tests run in)
+from helpers import TINY, copy_project, run, update_params  # noqa: E402  (the copy the pipeline tests run in)
 from docs import front_matter  # noqa: E402
 
 KERNEL = "python3"  # ipykernel's spec: the interpreter that runs papermill, as for the stages
