@@ -125,7 +125,7 @@ DEVCHANGE_UID ?= 1000
 DOCKER_RUN_FLAGS ?= --rm
 BASE ?= origin/main
 PR_REPORT ?= pr-report.md
-# tests/conftest.py's TINY settings (tests/test_ci.py keeps the two equal)
+# tests/helpers.py's TINY settings (tests/test_ci.py keeps the two equal)
 TINY_PARAMS := generate.n_users=1500 models.lightgbm.params.n_estimators=40 models.lightgbm.params.min_child_samples=20
 
 image:  ## build the Docker image IMAGE from BASE_IMAGE (a TLS proxy's CA: put it in docker/certs/*.crt)

@@ -1,12 +1,11 @@
 """Production inputs, as a data engineer's exports really arrive: the commands refuse each bad
 one cleanly and accept the good ones.
 
-A copy of the session's tiny run (`tiny_workspace`: its model v1 registered as challenger in the
-copy's embedded MLflow store), `devchange promote` makes v1 champion, `devchange score-month` scores
-October. Then every
-malformed file below goes through the real command: exit code 1, one line on stderr naming the
-file and what is wrong, no traceback, nothing written or changed under `data/production/` and
-no production run logged. Good files, in the shapes the documentation accepts, go through."""
+A copy of the session's tiny run (`tiny_workspace`: its model v1 is the challenger in the copy's
+embedded MLflow store): `devchange promote` makes v1 champion, `devchange score-month` scores October.
+Then every malformed file below goes through the real command: exit code 1, one line on stderr naming
+the file and what is wrong, no traceback, nothing written or changed under `data/production/` and no
+production run logged. Good files, in the shapes the documentation accepts, go through."""
 import hashlib
 import json
 import os

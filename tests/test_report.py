@@ -5,7 +5,8 @@ The README's walk-through, with `devchange report` / `make report` at each point
    `make promote`: a registry with no champion;
 2. after `make promote`, `score-month` and `evaluate-month` of September: one month;
 3. after `score-month` of October (targets not in yet) and a November whose features are refused:
-   the three clear lines, and every figure on the page equal to the monitoring file it came from.
+   the clear lines (no targets yet, refused), and every figure on the page equal to the monitoring
+   file it came from. (The tiny run's stream holds the months after November too, unscored.)
 The final page is also rendered by headless Chromium, and the screenshot must not be blank."""
 import math
 import os

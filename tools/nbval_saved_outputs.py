@@ -4,7 +4,7 @@ The notebooks keep the outputs of their examples, so that a reader sees them wit
 anything (`make examples` writes them). nbdev_clean blanks every execution count, and nbval
 takes a cell that has outputs but no count for a reference that was never run, and fails it.
 Under --nbval-lax no output is compared, so such a cell is marked as run. (A plugin, not a
-conftest.py in nbs/: the tests import tests/conftest.py by its module name.)"""
+conftest.py in nbs/: the tests import tests/conftest.py and tests/helpers.py by their module names.)"""
 
 
 def pytest_collection_modifyitems(items):
