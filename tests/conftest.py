@@ -9,7 +9,6 @@ import pytest
 import requests
 
 from helpers import BIN, copy_run, free_port, run, stop_session, tiny_copy
-from helpers import ROOT, TINY, copy_project, env, update_params  # noqa: F401  (were imported from here)
 
 
 @pytest.fixture(scope="session")
