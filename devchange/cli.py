@@ -11,8 +11,7 @@ import pandas as pd
 from .config import ParamsError, load_params
 from .contract import DataContractError
 from .production import evaluate_month, score_month
-from .promotion import promote
-from .registry import PromotionDecision
+from .promotion import PromotionDecision, promote
 from .scoring import ProductionError
 
 # %% auto #0

@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['KEYS', 'TARGET', 'METRIC_NAMES', 'AGGREGATES', 'FOLD_METRICS', 'CHAMPION', 'CHALLENGER', 'PREVIOUS_CHAMPION',
-           'PROMOTION_METRIC', 'MONITOR_STAGE', 'PRODUCTION_SUFFIX', 'ORACLE', 'RANDOM']
+           'PROMOTION_METRIC', 'MONITOR_STAGE', 'PRODUCTION_SUFFIX', 'ORACLE', 'RANDOM', 'cv_tag']
 
 # %% ../nbs/00_names.ipynb #7691025c
 KEYS = ["user_id", "month"]
@@ -25,6 +25,11 @@ CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_ch
 
 PROMOTION_METRIC = "lift_at_k"
 "What promotion compares; a registered version keeps its CV aggregates as tags `cv_<metric>_<aggregate>`."
+
+
+def cv_tag(metric: str, aggregate: str) -> str:
+    "The tag (and training-run metric) under which a registered version keeps one CV aggregate."
+    return f"cv_{metric}_{aggregate}"
 
 MONITOR_STAGE = "monitor"
 "The pipeline stage that monitors the scoring month, and the name of its MLflow child run's stage tag."

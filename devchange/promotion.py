@@ -5,21 +5,46 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from dataclasses import dataclass, fields
 import math
 from pathlib import Path
 
 from . import io
 from .catalog import paths
 from .config import Params
-from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC
+from .names import CHALLENGER, CHAMPION, PROMOTION_METRIC, cv_tag
 from .production import lift_on, production_months
-from .registry import PromotionDecision, cv_tag
 from .scoring import ProductionError
 
 # %% auto #0
-__all__ = ['promotion_decision', 'deciding_month', 'record_decision', 'promote']
+__all__ = ['PromotionDecision', 'promotion_decision', 'deciding_month', 'record_decision', 'promote']
 
 # %% ../nbs/22_promotion.ipynb #cef68369
+@dataclass(frozen=True)
+class PromotionDecision:
+    "Whether a challenger became champion, with both numbers and the reason (a line of promotions.json)."
+    model_name: str
+    decision: str                   # promoted / kept / pending
+    promoted: bool
+    reason: str
+    metric: str
+    evaluation_month: str | None    # the month both versions scored blind; None before there is one
+    challenger_version: int
+    challenger_lift: float | None
+    challenger_cv_min: float | None
+    champion_version: int | None
+    champion_lift: float | None
+    margin: float
+    floor: float
+    deciding_month: str | None = None  # pending only: the month that will decide
+
+    def to_dict(self) -> dict:
+        "The JSON form (`deciding_month` only when pending)."
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["deciding_month"] is None: del d["deciding_month"]
+        return d
+
+
 def promotion_decision(model_name: str, challenger: dict, champion: dict | None, margin: float, floor: float,
                        month: str | None) -> PromotionDecision:
     """Should the challenger become champion? `challenger`/`champion`: {version, lift (on `month`), cv_min}.

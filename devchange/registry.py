@@ -9,7 +9,7 @@ import io
 import json
 import math
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from .tracking import KEY, exp_tags, flatten, training_run
 from .tracking_store import TrackingError
 
 # %% auto #0
-__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'cv_tag', 'log_training', 'reproduce_commands',
-           'RegisteredVersion', 'alias_version', 'load_version', 'PromotionDecision', 'apply_promotion']
+__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',
+           'alias_version', 'load_version', 'apply_promotion']
 
 # %% ../nbs/17_registry.ipynb #fef35590
 def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
@@ -45,11 +45,6 @@ def _estimator_params(model) -> dict:
         step, est = model.steps[-1]
         return {f"{step}.{k}": v for k, v in est.get_params(deep=False).items()}
     return model.get_params(deep=False)
-
-
-def cv_tag(metric: str, aggregate: str) -> str:
-    "The tag (and training-run metric) a registered version keeps one CV aggregate under, as `_cv_metrics` names it."
-    return f"cv_{metric}_{aggregate}"
 
 
 def _cv_metrics(cv_summary: dict) -> dict[str, float]:
@@ -159,33 +154,8 @@ def load_version(client: MlflowClient, model_name: str, version: int | None = No
                              _run_json(client, mv.run_id, PROFILE_ARTIFACT), dict(mv.tags))
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    "Whether a challenger became champion, with both numbers and the reason (a line of promotions.json)."
-    model_name: str
-    decision: str                   # promoted / kept / pending
-    promoted: bool
-    reason: str
-    metric: str
-    evaluation_month: str | None    # the month both versions scored blind; None before there is one
-    challenger_version: int
-    challenger_lift: float | None
-    challenger_cv_min: float | None
-    champion_version: int | None
-    champion_lift: float | None
-    margin: float
-    floor: float
-    deciding_month: str | None = None  # pending only: the month that will decide
-
-    def to_dict(self) -> dict:
-        "The JSON form (`deciding_month` only when pending)."
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if d["deciding_month"] is None: del d["deciding_month"]
-        return d
-
-
-def apply_promotion(client: MlflowClient, model_name: str, decision: PromotionDecision) -> None:
-    "Record the decision on the challenger version; move alias `champion` to it, last, only when promoted."
+def apply_promotion(client: MlflowClient, model_name: str, decision) -> None:
+    "Record a `promotion.PromotionDecision` on the challenger version; move alias `champion` to it, last, only when promoted."
     if decision.model_name != model_name:
         raise ValueError(f"decision is about {decision.model_name!r}, not {model_name!r}")
     v = str(decision.challenger_version)
