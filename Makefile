@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test bench lab ui export examples readme docs guides lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test browser bench lab ui export examples readme docs guides lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,11 @@ env: $(VENV)/.installed  ## create .venv from the lock, install devchange and it
 run: env  ## run the whole pipeline (dvc repro)
 	dvc repro
 
-test: env airflow-env  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
+test: env airflow-env browser  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
 	pytest
+
+browser:  ## headless Chromium for the report's screenshot test: Debian's chromium, installed if no browser is (tools/browser.sh)
+	bash tools/browser.sh
 
 promote: env  ## move the registry's champion to the challenger if it wins on the newest month both scored blind (devchange promote)
 	devchange promote
