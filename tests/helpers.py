@@ -26,6 +26,12 @@ TINY = {  # small enough for seconds per stage, big enough for every fold to hol
     "models.lightgbm.params.n_estimators": 40,
     "models.lightgbm.params.min_child_samples": 20,
 }
+# The world every end-to-end test shares (the session's tiny run, `tiny_copy`'s default, the guides): the TINY sizes,
+# and a world that decays fast enough for the production loop to turn within the three generated production months
+WORLD = {**TINY,
+         "generate.stream_months": 3,      # production months 2020-09 ... 2020-12
+         "generate.drift": 0.35, "generate.concept_drift": 4.0,
+         "promotion.floor": 0.0}  # tiny data's worst CV fold can fall below the default floor: decide on the months
 FRESH = ("reports/", "data/raw", "dvc.lock")  # what a copy leaves out to run from clean
 
 
@@ -96,9 +102,9 @@ def fresh_copy(dest: Path, changes: dict, message: str, skip_prefixes: tuple[str
 
 
 def tiny_copy(dest: Path, changes: dict | None = None, message: str = "tiny params",
-              skip_prefixes: tuple[str, ...] = FRESH) -> Path:
-    "`fresh_copy` with the TINY settings (and `changes` on top)."
-    return fresh_copy(dest, {**TINY, **(changes or {})}, message, skip_prefixes)
+              skip_prefixes: tuple[str, ...] = FRESH, world: dict = WORLD) -> Path:
+    "`fresh_copy` with the WORLD settings (or `world`, such as TINY alone: the project's own world, small) and `changes` on top."
+    return fresh_copy(dest, {**world, **(changes or {})}, message, skip_prefixes)
 
 
 def _text_columns(con: sqlite3.Connection):

@@ -5,9 +5,9 @@ subprocess of `.venv-airflow/bin/...`: `tests/airflow_driver.py` parses the DAG 
 Airflow's processes do and runs `dag.test()`; the loop tests start Airflow itself with
 `make airflow` and drive it through its REST API.
 
-One copy of the repository (tiny data, a world that drifts fast) and one Airflow home inside it
-serve the whole module, in order: the DAG folder's structure; the first champion (`dvc repro`,
-`devchange promote`); the training DAG refusing to retrain with nothing labelled; then the real
+One copy of the session's tiny run (tests/helpers.py's WORLD: tiny data, a world that drifts fast)
+and one Airflow home inside it serve the whole module, in order: the DAG folder's structure; the
+first champion (`devchange promote`); the training DAG refusing to retrain with nothing labelled; then the real
 scheduler runs the monthly DAG backfilled over the generated months, in order: a `retrain`
 verdict triggers the training DAG, whose challenger shadows the next month and is promoted when
 it wins; a month run again changes nothing, and so does `devchange emulate` afterwards.
@@ -26,8 +26,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from helpers import (BIN, FRESH, ROOT, airflow_health, airflow_healthy, airflow_session, file_hashes, free_port,
-                     monitoring_doc, run, session_pids, stop_session, tiny_copy)
+from helpers import (BIN, ROOT, airflow_health, airflow_healthy, airflow_session, copy_run, file_hashes, free_port,
+                     monitoring_doc, run, session_pids, stop_session)
 
 AIRFLOW_BIN = ROOT / ".venv-airflow" / "bin"
 DRIVER = Path(__file__).with_name("airflow_driver.py")
@@ -59,17 +59,14 @@ def driver(root: Path, *args: str, check: bool = True, **extra_env) -> tuple[dic
     return json.loads(lines[-1][len("RESULT "):]), out
 
 
-LOOP = {"generate.stream_months": 3,      # production months 2020-09 ... 2020-12
-        "generate.drift": 0.35, "generate.concept_drift": 4.0,  # decay within those months, on tiny data
-        "promotion.floor": 0.0}  # tiny data's worst CV fold is below the default floor: decide on the months
-
-MONTHS = ("2020-09-30", "2020-10-31", "2020-11-30", "2020-12-31")
+MONTHS = ("2020-09-30", "2020-10-31", "2020-11-30", "2020-12-31")  # the scoring month and WORLD's 3 stream months
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    "A copy of the repository on tiny data, with a migrated Airflow home inside it."
-    root = tiny_copy(tmp_path_factory.mktemp("airflow") / "devchange", LOOP, skip_prefixes=(*FRESH, "data/production"))
+def project(tiny_pipeline, tmp_path_factory):
+    "A copy of the session's tiny run (v1 is its challenger), with a migrated Airflow home inside it."
+    root = copy_run(tiny_pipeline.root, tmp_path_factory.mktemp("airflow") / "devchange")
+    assert sorted(p.name for p in (root / "data/stream").iterdir()) == list(MONTHS)
     run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], root, extra_env=airflow_env(root))
     return root
 
@@ -77,7 +74,6 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def champion(project):
     "The pipeline's first challenger becomes champion, as a team does before going live."
-    run(["dvc", "repro"], project)
     out = run(["devchange", "promote"], project).stdout
     assert "champion: v1" in out, out
     return out

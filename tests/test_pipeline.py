@@ -143,7 +143,7 @@ def test_one_parameter_reruns_only_its_stages(tiny_workspace):
 
 def test_a_run_without_drift_is_ok(tiny_workspace):
     root = tiny_workspace
-    update_params(root, {"generate.drift": 0.0, "generate.unseen_category_share": 0.0})
+    update_params(root, {"generate.drift": 0.0, "generate.concept_drift": 0.0, "generate.unseen_category_share": 0.0})
     run(["dvc", "repro"], root)
     doc = json.loads((root / "reports/metrics/monitoring.json").read_text())
     assert doc["verdict"]["status"] == "ok", doc["verdict"]

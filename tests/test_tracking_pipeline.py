@@ -28,7 +28,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from helpers import ROOT, child_runs, commit, monitoring_doc, run, tiny_copy, update_params
+from helpers import ROOT, TINY, child_runs, commit, monitoring_doc, run, tiny_copy, update_params
 
 KIND, KEY = "devchange.kind", "devchange.pipeline_key"
 FOLD_METRICS = ("precision_at_k", "recall_at_k", "lift_at_k", "roc_auc", "pr_auc")
@@ -57,7 +57,7 @@ def loop(server, tmp_path_factory):
     # the decisions turn on the lift on the months, which is what this module tests
     root = tiny_copy(tmp_path_factory.mktemp("tracked") / "devchange",
                      {"tracking.model_name": model_name, "cv.candidates": ["logreg"], "promotion.floor": 0.0},
-                     "tiny params, logistic regression only")
+                     "tiny params, logistic regression only", world=TINY)  # the project's own world: six stream months
     os.symlink(ROOT / ".venv", root / ".venv")  # `make promote` runs in the project's environment
     env = {"MLFLOW_TRACKING_URI": server, "MLFLOW_EXPERIMENT_NAME": model_name}
     client = MlflowClient(server)
@@ -144,7 +144,7 @@ def test_pipeline_runs_register_challengers_and_never_move_the_champion(loop):
 
 def test_a_challenger_waits_for_a_month_it_scored_blind_then_is_decided_on_it(loop):
     assert "promoted: no champion yet; challenger v1" in loop["promote_1"]
-    assert f"pending: challenger v2" in loop["promote_2"] and f"{SEP} will decide" in loop["promote_2"]
+    assert "pending: challenger v2" in loop["promote_2"] and f"{SEP} will decide" in loop["promote_2"]
     assert "champion: v1" in loop["promote_2"]
     assert f"on {SEP}, challenger v2 lift@k" in loop["promote_3"]
     # the numbers of the decision are the ones production wrote: the champion's list and the shadow list

@@ -3,7 +3,7 @@ tests/test_guides.py runs them the same way in `make test`.
 
 A guide is a notebook whose `parameters` cell names `root`, the repository it works in ("../.."
 when opened in JupyterLab from nbs/guides/: your own clone). Here each guide runs in its own copy
-of a project that ran `dvc repro` once on the tests' tiny data (tests/conftest.py's TINY), so a
+of a project that ran `dvc repro` once on the tests' tiny data (tests/helpers.py's WORLD), so a
 guide may change what it works on. Its front matter may set `tiny_params`, params.yaml keys its
 copy needs on tiny data. `make guides` writes the executed outputs back into the guides (what the
 docs site shows), with the copy's path written as `.`, then cleans them with nbdev_clean.
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
-from helpers import TINY, copy_project, run, update_params  # noqa: E402  (the copy the pipeline tests run in)
+from helpers import WORLD, copy_project, run, update_params  # noqa: E402  (the copy the pipeline tests run in)
 from docs import front_matter  # noqa: E402
 
 KERNEL = "python3"  # ipykernel's spec: the interpreter that runs papermill, as for the stages
@@ -34,9 +34,9 @@ def guides(root: Path = ROOT) -> list[Path]:
 
 
 def tiny_project(dest: Path) -> Path:
-    "A copy of the project with the TINY settings after one `dvc repro` (as tests/conftest.py's tiny_pipeline)."
+    "A copy of the project with the WORLD settings after one `dvc repro` (as tests/conftest.py's tiny_pipeline)."
     root = copy_project(dest, skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, TINY)
+    update_params(root, WORLD)
     run(["git", "commit", "-qam", "tiny params"], root)
     run(["dvc", "repro"], root)
     return root
