@@ -35,6 +35,7 @@ DAGS = ROOT / "airflow" / "dags"
 TRAINING, MONTHLY = "devchange_training", "devchange_monthly"
 SCHEDULER_RUN_S = 900  # bound for the scheduler to finish a training run in which DVC has nothing to do
 START_S = 240          # bound for `make airflow` to answer with a healthy scheduler and both DAGs parsed
+LOCKED_S = 60          # bound for a request that Airflow's SQLite database refuses as locked
 
 if not (AIRFLOW_BIN / "airflow").exists():  # a failure, not a skip: `make test` builds it
     raise RuntimeError(f"{AIRFLOW_BIN / 'airflow'} is missing: run `make airflow-env` (make test does)")
@@ -261,7 +262,13 @@ class Airflow:
         return r.json()
 
     def send(self, method: str, path: str, body: dict) -> dict:
-        r = self.s.request(method, f"{self.api}/api/v2/{path}", json=body, timeout=30)
+        # Airflow on SQLite answers 503 "Database is locked" when a write meets the scheduler's (seen creating a
+        # backfill): a person would try again, and so does this, for up to LOCKED_S
+        deadline = time.monotonic() + LOCKED_S
+        while True:
+            r = self.s.request(method, f"{self.api}/api/v2/{path}", json=body, timeout=30)
+            if not (r.status_code == 503 and "Database is locked" in r.text) or time.monotonic() > deadline: break
+            time.sleep(2)
         assert r.ok, r.text
         return r.json()
 
