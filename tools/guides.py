@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
-from helpers import WORLD, copy_project, run, update_params  # noqa: E402  (the copy the pipeline tests run in)
+from helpers import run, tiny_copy, update_params  # noqa: E402  (the copy the pipeline tests run in)
 from docs import front_matter  # noqa: E402
 
 KERNEL = "python3"  # ipykernel's spec: the interpreter that runs papermill, as for the stages
@@ -35,9 +35,7 @@ def guides(root: Path = ROOT) -> list[Path]:
 
 def tiny_project(dest: Path) -> Path:
     "A copy of the project with the WORLD settings after one `dvc repro` (as tests/conftest.py's tiny_pipeline)."
-    root = copy_project(dest, skip_prefixes=("reports/", "data/raw", "dvc.lock"))
-    update_params(root, WORLD)
-    run(["git", "commit", "-qam", "tiny params"], root)
+    root = tiny_copy(dest)
     run(["dvc", "repro"], root)
     return root
 
