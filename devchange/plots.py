@@ -29,7 +29,7 @@ def fold_metric_plot(fold_metrics: pd.DataFrame, metric: str = "lift_at_k", k_sh
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/12_plots.ipynb #3ff64f5e
 def gains_plot(curves: dict[str, pd.DataFrame], k_share: float | None = None):
     "Cumulative gains curves (from `metrics.gains_curve`) with the random diagonal."
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -44,7 +44,7 @@ def gains_plot(curves: dict[str, pd.DataFrame], k_share: float | None = None):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/12_plots.ipynb #576c9e84
 def importance_plot(importance: pd.DataFrame, top: int = 20):
     "Horizontal bars of the `top` most important features."
     head = importance.head(top).iloc[::-1]
@@ -54,7 +54,7 @@ def importance_plot(importance: pd.DataFrame, top: int = 20):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/12_plots.ipynb #fc23960d
 def score_plot(probability: pd.Series, k: int):
     "Histogram of predicted probabilities with the top-k cut-off."
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -80,7 +80,7 @@ def drift_plot(drift: dict, thresholds, top: int = 15):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/12_plots.ipynb #360cc2af
 def score_shift_plot(reference: dict, probability):
     "Share of users per reference score bin: the training months against this month."
     edges = np.asarray(reference["edges"])
@@ -97,7 +97,7 @@ def score_shift_plot(reference: dict, probability):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/12_plots.ipynb #8c341f99
 def lift_band_plot(band: dict, performance: dict, k_share: float | None = None):
     "Lift@k of each CV fold, the band (min–max and mean ± 2 std), this month's lift and the oracle's."
     fig, ax = plt.subplots(figsize=(6.5, 3.6))

@@ -67,7 +67,7 @@ def read_months(production: str | Path) -> list[dict]:
                     "champion": _monitoring(d / MONITORING) if (d / MONITORING).is_file() else None})
     return out
 
-
+# %% ../nbs/24_report.ipynb #9a348717
 def month_row(doc: dict, role: str = CHAMPION_ROLE) -> dict:
     "One row of the months table: the figures of one monitoring document, as written (NaN where absent)."
     p = doc.get("performance") or {}
@@ -91,7 +91,7 @@ def months_table(months: list[dict]) -> pd.DataFrame:
 _EMPTY_DOC = {"month": "", "model": {"version": 0}, "drift": {"n": 0, "max_feature_psi": 0, "score_psi": 0,
                                                              "score_status": ""}, "verdict": {"status": "", "scope": ""}}
 
-
+# %% ../nbs/24_report.ipynb #aa049e2e
 def drift_table(months: list[dict]) -> pd.DataFrame:
     "PSI of every feature in every month the champion scored: month, feature, psi, status (long form)."
     rows = [{"month": m["month"], "feature": f, "psi": r["psi"], "status": r["status"]}
@@ -107,7 +107,7 @@ def drift_matrix(drift: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
     m = m.loc[order["feature"]]
     return m.head(top) if top else m
 
-
+# %% ../nbs/24_report.ipynb #e5c5b5d5
 def _json_list(path: Path) -> list[dict]:
     if not path.is_file(): return []
     doc = _read_json(path)
@@ -361,7 +361,7 @@ def lift_months_plot(table: pd.DataFrame, floor: float | None = None, k_share: f
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/24_report.ipynb #1d8c4e20
 def rates_plot(table: pd.DataFrame):
     "The champion's precision@k, recall@k and base rate per month."
     champ = table[table["role"] == CHAMPION_ROLE].set_index("month").sort_index()
@@ -378,7 +378,7 @@ def rates_plot(table: pd.DataFrame):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/24_report.ipynb #de6aa38e
 def drift_heatmap(matrix: pd.DataFrame, thresholds):
     "PSI feature × month (features by largest drift), coloured ok / watch / retrain by the monitoring thresholds."
     from matplotlib.colors import BoundaryNorm, ListedColormap
@@ -400,7 +400,7 @@ def drift_heatmap(matrix: pd.DataFrame, thresholds):
     fig.tight_layout()
     return fig
 
-
+# %% ../nbs/24_report.ipynb #287f663a
 def score_psi_plot(table: pd.DataFrame, thresholds):
     "The score's PSI per month (champion), with the watch and retrain thresholds."
     champ = table[table["role"] == CHAMPION_ROLE].set_index("month").sort_index()

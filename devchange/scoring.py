@@ -25,7 +25,7 @@ def rank_scores(keys: pd.DataFrame, probability, k_share: float) -> pd.DataFrame
     out["in_top_k"] = out["rank"] <= top_k_count(len(out), k_share)
     return out.sort_values("rank").reset_index(drop=True)
 
-
+# %% ../nbs/20_scoring.ipynb #61be0d04
 def score_summary(predictions: pd.DataFrame, k_share: float) -> dict:
     "The figures a scored month is reported with (none but the counts for an empty month)."
     if predictions.empty:
@@ -80,7 +80,7 @@ def read_month(path: str | Path, columns: tuple[str, ...] = ()) -> tuple[pd.Data
                               f"{int(df['user_id'].duplicated().sum())} rows repeat one")
     return df, months[0]
 
-
+# %% ../nbs/20_scoring.ipynb #f572eeca
 def check_features(features: pd.DataFrame, spec: FeatureSpec, path: str | Path) -> None:
     "Refuse a features table that breaks the contract's rules for features, or whose columns or kinds differ from the model's feature spec."
     _refuse(path, file_problems(features, path, "features"))
@@ -97,7 +97,7 @@ def check_features(features: pd.DataFrame, spec: FeatureSpec, path: str | Path) 
     if wrong: problems.append("; ".join(wrong))
     if problems: raise ProductionError(f"{path}: does not match the model's features: " + "; ".join(problems))
 
-
+# %% ../nbs/20_scoring.ipynb #8497e3e2
 def check_targets(targets: pd.DataFrame, scores: pd.DataFrame, path: str | Path, min_coverage: float) -> dict:
     """Refuse targets that match none of the month's scored users, or cover fewer than `min_coverage` of them
     (`production.min_target_coverage`); else their coverage: scored users, how many have a target, target rows of

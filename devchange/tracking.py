@@ -288,7 +288,7 @@ def log_monitoring(doc: dict) -> str:
     client.set_terminated(run_id)
     return run_id
 
-
+# %% ../nbs/16_tracking.ipynb #e9216b12
 def month_index(month: str) -> int:
     "Months since 2000-01 of a YYYY-MM-DD month (2020-10-31 -> 249): the step production metrics are logged at; 0 for no month."
     try: ts = pd.Timestamp(month)
