@@ -41,8 +41,7 @@ from devchange.production import evaluate_month, score_month
 params = load_params()
 for month in sorted(p.name for p in Path("data/stream").iterdir()):
     score_month(f"data/stream/{month}/features.feather", params)
-    doc = evaluate_month(f"data/stream/{month}/targets.feather", params)
-    print(month, doc["verdict"]["status"], flush=True)
+    print(month, evaluate_month(f"data/stream/{month}/targets.feather", params).verdict.status, flush=True)
 """
 
 

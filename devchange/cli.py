@@ -10,6 +10,7 @@ import pandas as pd
 
 from .config import ParamsError, load_params
 from .contract import DataContractError
+from .monitoring import MonitoringReport
 from .production import evaluate_month, score_month
 from .promotion import PromotionDecision, promote
 from .scoring import ProductionError
@@ -21,20 +22,20 @@ __all__ = ['EXIT_RETRAIN', 'main']
 EXIT_RETRAIN = 3
 
 
-def _print_monitoring(doc: dict) -> None:
-    d, p = doc["drift"], doc.get("performance")
+def _print_monitoring(report: MonitoringReport) -> None:
+    d, p, v = report.drift, report.performance, report.verdict
     top = list(d["features"].items())[:3]
-    print(f"month {doc['month']}: {d['n']} users scored by {doc['model']['name']} v{doc['model']['version']}; "
+    print(f"month {report.month}: {d['n']} users scored by {report.model['name']} v{report.model['version']}; "
           f"largest feature drift " + ", ".join(f"{f} PSI {r['psi']:.3f}" for f, r in top)
           + f"; score PSI {d['score_psi']:.3f}")
     if p: print(f"lift@k {p['lift_at_k']:.3f} (CV band {p['band_low']:.3f}..{p['band_high']:.3f}"
                 + (f", oracle {p['oracle_lift_at_k']:.3f}" if "oracle_lift_at_k" in p else "")
                 + f"), precision@k {p['precision_at_k']:.3f}, recall@k {p['recall_at_k']:.3f}")
-    if c := doc.get("coverage"):
+    if c := report.coverage:
         print(f"targets for {c['with_target']} of {c['scored_users']} scored users ({c['share']:.1%}); "
               f"{c['unmatched_target_rows']} target rows match no scored user")
-    print(f"verdict: {doc['verdict']['status']} ({doc['verdict']['scope']})")
-    for r in doc["verdict"]["reasons"]: print(f"  - {r}")
+    print(f"verdict: {v.status} ({v.scope})")
+    for r in v.reasons: print(f"  - {r}")
 
 
 def _champion_line(decision: PromotionDecision) -> str:
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score-month":
             _print_monitoring(score_month(args.features, params))
         elif args.command == "evaluate-month":
-            doc = evaluate_month(args.targets, params)
-            _print_monitoring(doc)
-            if args.fail_on_retrain and doc["verdict"]["status"] == "retrain":
-                print(f"devchange: month {doc['month']} needs retraining: " + "; ".join(doc["verdict"]["reasons"]),
+            report = evaluate_month(args.targets, params)
+            _print_monitoring(report)
+            if args.fail_on_retrain and report.verdict.status == "retrain":
+                print(f"devchange: month {report.month} needs retraining: " + "; ".join(report.verdict.reasons),
                       file=sys.stderr)
                 return EXIT_RETRAIN
         elif args.command == "report":

@@ -211,8 +211,7 @@ def run_month(params: Params, month: str, previous: tuple[str, Path, Path] | Non
     from devchange import production, promotion
     events = {"month": month}
     if previous is not None:
-        doc = production.evaluate_month(previous[2], params, root)
-        events["verdict"] = doc["verdict"]["status"]
+        events["verdict"] = production.evaluate_month(previous[2], params, root).verdict.status
     events["promotion"] = promotion.promote(params, root).reason
     if features is not None: production.score_month(features, params, root)
     if may_retrain and events.get("verdict") == "retrain":

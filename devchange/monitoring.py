@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,8 @@ from .metrics import top_k_metrics
 # %% auto #0
 __all__ = ['MISSING', 'UNSEEN', 'BAND_METRIC', 'Reason', 'CHECKS', 'psi', 'quantile_edges', 'numeric_shares',
            'categorical_shares', 'feature_profile', 'reference_profile', 'drift_report', 'band_bounds',
-           'performance_report', 'feature_drift_check', 'score_drift_check', 'lift_check', 'base_rate_check', 'verdict',
-           'monitor_month', 'nothing_to_monitor']
+           'performance_report', 'feature_drift_check', 'score_drift_check', 'lift_check', 'base_rate_check', 'Verdict',
+           'verdict', 'MonitoringReport', 'monitor_month', 'nothing_to_monitor']
 
 # %% ../nbs/13_monitoring.ipynb #d0a2518e
 def psi(expected, actual, epsilon: float = 1e-4) -> float:
@@ -179,20 +180,62 @@ def base_rate_check(drift: dict, performance: dict | None, cfg: MonitoringParams
 CHECKS = [feature_drift_check, score_drift_check, lift_check, base_rate_check]
 "The verdict's checks, in the order their reasons are listed. A new check is a function like these and a row here."
 
+# %% ../nbs/13_monitoring.ipynb #c602353d
+@dataclass(frozen=True)
+class Verdict:
+    "`ok`, `watch` or `retrain` (`none`: no month to monitor), what it covers, and one reason per finding."
+    status: str
+    scope: str
+    reasons: tuple[str, ...]
 
-def verdict(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> dict:
+    def to_dict(self) -> dict:
+        return {"status": self.status, "scope": self.scope, "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Verdict:
+        return cls(d["status"], d["scope"], tuple(d["reasons"]))
+
+
+def verdict(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> Verdict:
     "ok / watch / retrain with the reasons, from a drift report and (once targets arrive) a performance report."
     reasons = [r for check in CHECKS for r in check(drift, performance, cfg, floor)]
     status = max((s for s, _ in reasons), key=_ORDER.get, default="ok")
     if not reasons: reasons.append(("ok", "no drift above the thresholds" + (
         "" if performance is None else "; lift@k within or above the cross-validation band")))
     scope = "drift only: targets not in yet" if performance is None else "drift and performance"
-    return {"status": status, "scope": scope, "reasons": [r for _, r in reasons]}
+    return Verdict(status, scope, tuple(r for _, r in reasons))
+
+# %% ../nbs/13_monitoring.ipynb #a321ab66
+@dataclass(frozen=True)
+class MonitoringReport:
+    """One month's monitoring, as `monitoring.json` holds it: the drift report, the performance report once the
+    targets arrived (else None) and the verdict. Production adds the model that scored (`model`: name, version,
+    last_train_month), its list's `scoring.score_summary` (`scores`), the targets' coverage once they arrived, and
+    the alias of a challenger scored in the shadow."""
+    month: str | None
+    drift: dict
+    performance: dict | None
+    verdict: Verdict
+    model: dict | None = None
+    scores: dict | None = None
+    coverage: dict | None = None
+    shadow: str | None = None
+
+    def to_dict(self) -> dict:
+        "The JSON document: production's model and scores first, the month's figures, then coverage and shadow."
+        head = {k: v for k, v in (("model", self.model), ("scores", self.scores)) if v is not None}
+        tail = {k: v for k, v in (("coverage", self.coverage), ("shadow", self.shadow)) if v is not None}
+        return {**head, "month": self.month, "drift": self.drift, "performance": self.performance,
+                "verdict": self.verdict.to_dict(), **tail}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> MonitoringReport:
+        return cls(**{**doc, "verdict": Verdict.from_dict(doc["verdict"])})
 
 # %% ../nbs/13_monitoring.ipynb #4115194c
 def monitor_month(profile: dict, spec: FeatureSpec, features: pd.DataFrame, predictions: pd.DataFrame,
                   cfg: MonitoringParams, floor: float, k_share: float, targets: pd.DataFrame | None = None,
-                  oracle: pd.DataFrame | None = None) -> dict:
+                  oracle: pd.DataFrame | None = None) -> MonitoringReport:
     """Drift (features and scores), performance (if `targets`) and the verdict for one month.
 
     `features`: raw features of the month (user_id, month, feature_*); `predictions`: user_id, probability;
@@ -210,12 +253,12 @@ def monitor_month(profile: dict, spec: FeatureSpec, features: pd.DataFrame, pred
             o = scored[["user_id"]].merge(oracle[["user_id", "probability"]], on="user_id", how="left")["probability"]
         perf = {"n_scored": int(len(predictions)), "n_with_target": int(len(scored)),
                 **performance_report(scored, profile, k_share, o)}
-    return {"month": months[0], "drift": drift, "performance": perf, "verdict": verdict(drift, perf, cfg, floor)}
+    return MonitoringReport(months[0], drift, perf, verdict(drift, perf, cfg, floor))
 
 # %% ../nbs/13_monitoring.ipynb #43278584
-def nothing_to_monitor(last_train_month: str) -> dict:
+def nothing_to_monitor(last_train_month: str) -> MonitoringReport:
     "The monitoring document of a run whose window has no scoring month: verdict `none`."
     reason = (f"the training window ends at {last_train_month} and the month after it is not in data/raw: "
               "production months are monitored by devchange score-month and evaluate-month")
-    return {"month": None, "drift": {"n": 0, "features": {}, "score_psi": None, "max_feature_psi": None},
-            "performance": None, "verdict": {"status": "none", "scope": "no scoring month", "reasons": [reason]}}
+    return MonitoringReport(None, {"n": 0, "features": {}, "score_psi": None, "max_feature_psi": None}, None,
+                            Verdict("none", "no scoring month", (reason,)))

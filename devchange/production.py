@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from . import io
 from .catalog import paths
 from .config import Params
 from .features import add_derived
-from .monitoring import monitor_month
+from .monitoring import MonitoringReport, monitor_month
 from .names import TARGET, CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .scoring import ProductionError, check_features, check_targets, read_month, score_summary, score_with
 
@@ -45,14 +46,15 @@ def scorers(month: str, root: str | Path | None = None) -> dict[int, Path]:
     return found
 
 # %% ../nbs/21_production.ipynb #86ea4e64
-def _monitoring(params: Params, version, features, predictions, targets=None, oracle=None) -> dict:
+def _monitoring(params: Params, version, features, predictions, targets=None, oracle=None) -> MonitoringReport:
     if version.profile is None:
         raise ProductionError(f"{version.name} version {version.version} has no monitoring profile "
                               "(trained before monitoring existed): train and promote a new version")
-    return {"model": {"name": version.name, "version": version.version, "last_train_month": version.last_train_month},
-            "scores": score_summary(predictions, params.metrics.k_share),
-            **monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
-                            params.promotion.floor, params.metrics.k_share, targets=targets, oracle=oracle)}
+    report = monitor_month(version.profile, version.spec, features, predictions, params.monitoring,
+                           params.promotion.floor, params.metrics.k_share, targets=targets, oracle=oracle)
+    return replace(report, model={"name": version.name, "version": version.version,
+                                  "last_train_month": version.last_train_month},
+                   scores=score_summary(predictions, params.metrics.k_share))
 
 
 def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None:
@@ -64,9 +66,9 @@ def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None
     return table.select(["user_id", "probability"]).to_pandas() if table.num_rows else None
 
 # %% ../nbs/21_production.ipynb #37eca499
-def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
+def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> MonitoringReport:
     """Score a month's features with the champion (the business's list), and with challengers in the shadow;
-    write scores and the drift part of monitoring. Returns the champion's monitoring.json.
+    write scores and the drift part of monitoring. Returns the champion's report (its monitoring.json).
 
     A month is scored once: a rerun with the same file changes nothing, another file is refused."""
     from mlflow import MlflowClient  # MLflow loads only for the commands that need it
@@ -80,7 +82,7 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
             raise ProductionError(f"{features_path}: month {month} was already scored from another file "
                                   f"(sha256 {received}); a month's list is never replaced ({out})")
         add_shadows(month, params, root)
-        return io.read_json(out / "monitoring.json")
+        return MonitoringReport.from_dict(io.read_json(out / "monitoring.json"))
     tracking_store.configure(params.tracking.timeout_s)
     champion = registry.load_version(MlflowClient(), params.tracking.model_name, alias=CHAMPION)
     check_features(features, champion.spec, features_path)
@@ -88,14 +90,15 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
         raise ProductionError(f"{features_path}: champion v{champion.version} was trained on months up to "
                               f"{champion.last_train_month}; it cannot score {month} blind")
     predictions = score_with(champion.model, champion.spec, features, params.metrics.k_share)
-    doc = _monitoring(params, champion, features, predictions)
+    report = _monitoring(params, champion, features, predictions)
     io.write_table(features, out / "features.parquet")
     io.write_table(predictions, out / "scores.parquet")
-    io.write_json(doc, out / "monitoring.json")
+    io.write_json(report.to_dict(), out / "monitoring.json")
     (out / "received.sha256").write_text(_sha256(features_path) + "\n")
-    tracking.log_production_run("score", month, champion.name, champion.version, doc, params.tracking.timeout_s)
+    tracking.log_production_run("score", month, champion.name, champion.version, report.to_dict(),
+                                params.tracking.timeout_s)
     add_shadows(month, params, root)
-    return doc
+    return report
 
 
 def add_shadows(month: str, params: Params, root: str | Path | None = None) -> list[int]:
@@ -117,7 +120,7 @@ def add_shadows(month: str, params: Params, root: str | Path | None = None) -> l
         features = pd.read_parquet(out / "features.parquet")
         check_features(features, version.spec, out / "features.parquet")
         predictions = score_with(version.model, version.spec, features, params.metrics.k_share)
-        doc = {**_monitoring(params, version, features, predictions), "shadow": alias}
+        doc = replace(_monitoring(params, version, features, predictions), shadow=alias).to_dict()
         io.write_table(predictions, out / "shadow" / f"v{v}" / "scores.parquet")
         io.write_json(doc, out / "shadow" / f"v{v}" / "monitoring.json")
         tracking.log_production_run("shadow-score", month, name, v, doc, params.tracking.timeout_s)
@@ -125,9 +128,9 @@ def add_shadows(month: str, params: Params, root: str | Path | None = None) -> l
     return added
 
 # %% ../nbs/21_production.ipynb #b7d8da31
-def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> dict:
+def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | None = None) -> MonitoringReport:
     """A scored month's targets arrived: performance and verdict for the champion's list and every shadow list;
-    the month joins the labelled store (DVC) that training windows read. Returns the champion's monitoring.json."""
+    the month joins the labelled store (DVC) that training windows read. Returns the champion's report."""
     from mlflow import MlflowClient
     from devchange import registry, tracking, tracking_store, window
     targets, month = read_month(targets_path, (TARGET,))
@@ -146,22 +149,23 @@ def evaluate_month(targets_path: str | Path, params: Params, root: str | Path | 
             raise ProductionError(f"{targets_path}: month {month} was evaluated with other targets "
                                   f"({out}/targets.parquet); a month's targets do not change")
         window.add_labelled_month(paths(root).root, month, features, targets)  # a no-op unless a push failed
-        return io.read_json(out / "monitoring.json")
+        return MonitoringReport.from_dict(io.read_json(out / "monitoring.json"))
     tracking_store.configure(params.tracking.timeout_s)
-    client, docs, oracle = MlflowClient(), {}, oracle_of(month, root)
+    client, reports, oracle = MlflowClient(), {}, oracle_of(month, root)
     for v, folder in scorers(month, root).items():
         version = registry.load_version(client, params.tracking.model_name, version=v)
-        doc = _monitoring(params, version, features, pd.read_parquet(folder / "scores.parquet"), targets, oracle)
-        docs[folder] = {**doc, "coverage": coverage,
-                        **({"shadow": io.read_json(folder / "monitoring.json")["shadow"]} if folder != out else {})}
+        report = _monitoring(params, version, features, pd.read_parquet(folder / "scores.parquet"), targets, oracle)
+        shadow = io.read_json(folder / "monitoring.json")["shadow"] if folder != out else None
+        reports[folder] = replace(report, coverage=coverage, shadow=shadow)
     io.write_table(targets, out / "targets.parquet")
-    for folder, doc in docs.items():
-        io.write_json(doc, folder / "monitoring.json")
-        m = doc["model"]
+    for folder, report in reports.items():
+        io.write_json(report.to_dict(), folder / "monitoring.json")
+        m = report.model
         tracking.log_production_run("evaluate" if folder == out else "shadow-evaluate", month, m["name"], m["version"],
-                                    doc, params.tracking.timeout_s, tags={"devchange.verdict": doc["verdict"]["status"]})
+                                    report.to_dict(), params.tracking.timeout_s,
+                                    tags={"devchange.verdict": report.verdict.status})
     window.add_labelled_month(paths(root).root, month, features, targets)
-    return docs[out]
+    return reports[out]
 
 # %% ../nbs/21_production.ipynb #8d6b2efb
 def lift_on(month: str, version: int, root: str | Path | None = None) -> float | None:

@@ -12,7 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import mlflow
 import numpy as np
@@ -25,6 +25,9 @@ from .config import ModelParams, read_params_yaml
 from .io import to_jsonable
 from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, ORACLE, PRODUCTION_SUFFIX
 from .tracking_store import DEFAULT_TIMEOUT_S, TrackingError, configure, configured_experiment, experiment_name
+
+if TYPE_CHECKING:  # monitoring loads scikit-learn, which a stage runner never needs
+    from devchange.monitoring import MonitoringReport
 
 # %% auto #0
 __all__ = ['KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT', 'DVC_EXP', 'IGNORED_FOR_DIRTY', 'CV_STAGE', 'TRAIN_STAGE', 'git_state',
@@ -275,8 +278,9 @@ def _monitoring_metrics(doc: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
 
 
-def log_monitoring(doc: dict) -> str:
-    "Log a month's monitoring document as the `monitor` child run of the active pipeline run."
+def log_monitoring(report: MonitoringReport) -> str:
+    "Log a month's monitoring report as the `monitor` child run of the active pipeline run: figures, verdict, document."
+    doc = report.to_dict()
     parent = _active_parent()
     client = MlflowClient()
     _supersede(client, parent, MONITOR_STAGE)

@@ -13,10 +13,23 @@ from helpers import ROOT, stage_outs
 PACKAGE = ROOT / "devchange"
 
 
+def _runs(tree: ast.AST):
+    "Every node of `tree` but the body of `if TYPE_CHECKING:`: an import for annotations only never runs."
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo += child.orelse
+            else:
+                todo.append(child)
+
+
 def imported_modules(source: str) -> set[str]:
-    "devchange modules imported by `source` (absolute or relative), wherever the import stands."
+    "devchange modules imported by `source` (absolute or relative), wherever the import stands, if it can run."
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _runs(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level == 0 and module.startswith("devchange."): found.add(module.split(".")[1])
@@ -82,6 +95,12 @@ def test_the_import_scan_sees_relative_and_lazy_imports():
     src = "from .io import x\nfrom . import metrics, config\ndef f():\n    from devchange import tracking\n"
     assert imported_modules(src) == {"io", "metrics", "config", "tracking"}
     assert "tracking" in closure({"production"})  # imported inside a function, still a dependency
+
+
+def test_the_import_scan_skips_imports_for_annotations_only():
+    src = ("from typing import TYPE_CHECKING\nfrom .io import x\nif TYPE_CHECKING:\n    from .monitoring import R\n"
+           "else:\n    from . import metrics\n")
+    assert imported_modules(src) == {"io", "metrics"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
