@@ -3,6 +3,7 @@
 # %% ../nbs/03_io.ipynb #c3f232ba
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -57,7 +58,9 @@ def file_lock(path: str | Path):
 
 # %% ../nbs/03_io.ipynb #e1994007
 def to_jsonable(value: Any) -> Any:
-    "A copy of `value` with numpy scalars as Python numbers, NaN/inf as None and dates as ISO strings."
+    """A copy of `value` with numpy scalars as Python numbers, NaN/inf as None and dates as ISO strings; a typed
+    result (a dataclass with `to_dict`, such as a monitoring report) as its document."""
+    if dataclasses.is_dataclass(value) and hasattr(value, "to_dict"): return to_jsonable(value.to_dict())
     if isinstance(value, dict): return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)): return [to_jsonable(v) for v in value]
     if isinstance(value, np.ndarray): return [to_jsonable(v) for v in value.tolist()]

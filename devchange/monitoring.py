@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -15,9 +15,9 @@ from .metrics import top_k_metrics
 
 # %% auto #0
 __all__ = ['MISSING', 'UNSEEN', 'BAND_METRIC', 'Reason', 'CHECKS', 'psi', 'quantile_edges', 'numeric_shares',
-           'categorical_shares', 'feature_profile', 'reference_profile', 'drift_report', 'band_bounds',
-           'performance_report', 'feature_drift_check', 'score_drift_check', 'lift_check', 'base_rate_check', 'Verdict',
-           'verdict', 'MonitoringReport', 'monitor_month', 'nothing_to_monitor']
+           'categorical_shares', 'feature_profile', 'ReferenceProfile', 'reference_profile', 'drift_report',
+           'band_bounds', 'performance_report', 'feature_drift_check', 'score_drift_check', 'lift_check',
+           'base_rate_check', 'Verdict', 'verdict', 'MonitoringReport', 'monitor_month', 'nothing_to_monitor']
 
 # %% ../nbs/13_monitoring.ipynb #d0a2518e
 def psi(expected, actual, epsilon: float = 1e-4) -> float:
@@ -69,18 +69,44 @@ def feature_profile(values: pd.Series, kind: str, bins: int) -> dict:
     edges = quantile_edges(values, bins)
     return {"kind": kind, "edges": edges, "shares": numeric_shares(values, edges).tolist()}
 
+# %% ../nbs/13_monitoring.ipynb #c374d1ef
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """The training data summarised for monitoring, as `models/reference.json` and every registered version's
+    `reference_profile.json` hold it: training rows, base rate and k share, the bins and shares of every feature
+    (`features`, by name) and of the reference score (`score`), and the cross-validation band of lift@k (`cv_band`)."""
+    n: int
+    base_rate: float
+    k_share: float
+    features: dict
+    score: dict
+    cv_band: dict
 
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, doc: dict, source: str = "reference profile") -> ReferenceProfile:
+        "The profile in `doc`; a document without one of the fields is refused, naming `source`."
+        missing = [f.name for f in fields(cls) if f.name not in doc]
+        if missing:
+            raise ValueError(f"{source}: not a reference profile: missing {', '.join(missing)} "
+                             f"(found {', '.join(doc) or 'nothing'}); re-run the train stage")
+        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+
+# %% ../nbs/13_monitoring.ipynb #d020689a
 def reference_profile(train: pd.DataFrame, spec: FeatureSpec, reference_scores, cv_folds: pd.DataFrame,
-                      k_share: float, bins: int) -> dict:
+                      k_share: float, bins: int) -> ReferenceProfile:
     "The training data summarised for monitoring: feature and score bins, base rate and the CV band of lift@k."
     lift = cv_folds[BAND_METRIC].to_numpy(dtype=float)
     features = {c: feature_profile(train[c], "categorical" if c in spec.categorical else "numeric", bins)
                 for c in spec.columns}
-    return {"n": int(len(train)), "base_rate": float(train["target"].mean()), "k_share": float(k_share),
-            "features": features, "score": feature_profile(pd.Series(reference_scores, dtype="float64"), "numeric", bins),
-            "cv_band": {"metric": BAND_METRIC, "folds": [float(v) for v in lift], "mean": float(np.mean(lift)),
-                        "std": float(np.std(lift, ddof=1)) if len(lift) > 1 else 0.0,
-                        "min": float(np.min(lift)), "max": float(np.max(lift))}}
+    return ReferenceProfile(
+        n=int(len(train)), base_rate=float(train["target"].mean()), k_share=float(k_share), features=features,
+        score=feature_profile(pd.Series(reference_scores, dtype="float64"), "numeric", bins),
+        cv_band={"metric": BAND_METRIC, "folds": [float(v) for v in lift], "mean": float(np.mean(lift)),
+                 "std": float(np.std(lift, ddof=1)) if len(lift) > 1 else 0.0,
+                 "min": float(np.min(lift)), "max": float(np.max(lift))})
 
 # %% ../nbs/13_monitoring.ipynb #27fcd24d
 _ORDER = {"ok": 0, "watch": 1, "retrain": 2}
@@ -97,10 +123,10 @@ def _month_shares(values: pd.Series, ref: dict, dtype: str | None) -> np.ndarray
     return numeric_shares(x, ref["edges"])
 
 
-def drift_report(profile: dict, features: pd.DataFrame, scores, spec: FeatureSpec, cfg: MonitoringParams) -> dict:
+def drift_report(profile: ReferenceProfile, features: pd.DataFrame, scores, spec: FeatureSpec, cfg: MonitoringParams) -> dict:
     "PSI of every feature (largest first) and of the score against the reference profile, with statuses."
     rows = []
-    for name, ref in profile["features"].items():
+    for name, ref in profile.features.items():
         now = _month_shares(features[name], ref, spec.numeric.get(name))
         value = psi(ref["shares"], now, cfg.psi_epsilon)
         row = {"feature": name, "kind": ref["kind"], "psi": value, "status": _status(value, cfg.psi_watch, cfg.psi_retrain),
@@ -108,7 +134,7 @@ def drift_report(profile: dict, features: pd.DataFrame, scores, spec: FeatureSpe
         if ref["kind"] == "categorical": row["unseen_now"] = float(now[-2])
         rows.append(row)
     rows.sort(key=lambda r: (-r["psi"], r["feature"]))
-    score_psi = psi(profile["score"]["shares"], _month_shares(pd.Series(scores), profile["score"], None), cfg.psi_epsilon)
+    score_psi = psi(profile.score["shares"], _month_shares(pd.Series(scores), profile.score, None), cfg.psi_epsilon)
     return {"n": int(len(features)), "features": {r.pop("feature"): r for r in rows},
             "max_feature_psi": rows[0]["psi"] if rows else 0.0, "score_psi": score_psi,
             "score_status": _status(score_psi, cfg.psi_watch, cfg.psi_retrain)}
@@ -119,14 +145,14 @@ def band_bounds(band: dict) -> tuple[float, float]:
     return (min(band["min"], band["mean"] - 2 * band["std"]), max(band["max"], band["mean"] + 2 * band["std"]))
 
 
-def performance_report(scored: pd.DataFrame, profile: dict, k_share: float, oracle: pd.Series | None = None) -> dict:
+def performance_report(scored: pd.DataFrame, profile: ReferenceProfile, k_share: float, oracle: pd.Series | None = None) -> dict:
     "Top-k metrics of `scored` (columns probability, target) against the profile's CV band and base rate."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # no positives: NaN lift, reported as such
         m = top_k_metrics(scored["target"], scored["probability"], k_share)
-    low, high = band_bounds(profile["cv_band"])
-    out = {**m, "base_rate_reference": profile["base_rate"],
-           "base_rate_shift": m["base_rate"] / profile["base_rate"] - 1 if profile["base_rate"] else float("nan"),
+    low, high = band_bounds(profile.cv_band)
+    out = {**m, "base_rate_reference": profile.base_rate,
+           "base_rate_shift": m["base_rate"] / profile.base_rate - 1 if profile.base_rate else float("nan"),
            "band_low": low, "band_high": high}
     if oracle is not None and oracle.notna().all() and len(oracle) == len(scored):
         with warnings.catch_warnings():
@@ -233,7 +259,7 @@ class MonitoringReport:
         return cls(**{**doc, "verdict": Verdict.from_dict(doc["verdict"])})
 
 # %% ../nbs/13_monitoring.ipynb #4115194c
-def monitor_month(profile: dict, spec: FeatureSpec, features: pd.DataFrame, predictions: pd.DataFrame,
+def monitor_month(profile: ReferenceProfile, spec: FeatureSpec, features: pd.DataFrame, predictions: pd.DataFrame,
                   cfg: MonitoringParams, floor: float, k_share: float, targets: pd.DataFrame | None = None,
                   oracle: pd.DataFrame | None = None) -> MonitoringReport:
     """Drift (features and scores), performance (if `targets`) and the verdict for one month.

@@ -11,7 +11,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -24,6 +24,8 @@ from .io import to_jsonable
 from .names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, PROMOTION_METRIC
 from .tracking import KEY, exp_tags, flatten, training_run
 from .tracking_store import TrackingError
+
+if TYPE_CHECKING: from devchange.monitoring import ReferenceProfile
 
 # %% auto #0
 __all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',
@@ -66,7 +68,7 @@ SPEC_ARTIFACT, PROFILE_ARTIFACT = "feature_spec.json", "reference_profile.json"
 
 
 def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd.DataFrame, cv_summary: dict,
-                 model_name: str, profile: dict | None = None, version_tags: dict | None = None) -> dict:
+                 model_name: str, profile: ReferenceProfile | None = None, version_tags: dict | None = None) -> dict:
     """Log the trained model in a new training run of the active pipeline run; register it as a new version with alias `challenger`.
 
     The feature spec and the monitoring reference `profile` are logged beside the model, so whoever loads a
@@ -114,7 +116,7 @@ class RegisteredVersion:
     version: int
     model: Any
     spec: FeatureSpec
-    profile: dict | None
+    profile: ReferenceProfile | None
     tags: dict
 
     @property
@@ -143,6 +145,7 @@ def load_version(client: MlflowClient, model_name: str, version: int | None = No
     mv = client.get_model_version(model_name, str(version))
     model_uri = f"models:/{model_name}/{version}"
     from devchange.models import MODEL_KINDS
+    from devchange.monitoring import ReferenceProfile  # with scikit-learn: only where a version is loaded
     flavors, ours = mlflow.models.get_model_info(model_uri).flavors, [k.flavour for k in MODEL_KINDS.values()]
     flavour = next((f for f in ours if f in flavors), None)
     if flavour is None:
@@ -150,8 +153,10 @@ def load_version(client: MlflowClient, model_name: str, version: int | None = No
     model = importlib.import_module(f"mlflow.{flavour}").load_model(model_uri)
     spec = _run_json(client, mv.run_id, SPEC_ARTIFACT)
     if spec is None: raise TrackingError(f"{model_uri}: its training run {mv.run_id} has no {SPEC_ARTIFACT}")
-    return RegisteredVersion(model_name, int(version), model, FeatureSpec.from_dict(spec),
-                             _run_json(client, mv.run_id, PROFILE_ARTIFACT), dict(mv.tags))
+    profile = _run_json(client, mv.run_id, PROFILE_ARTIFACT)
+    if profile is not None:
+        profile = ReferenceProfile.from_dict(profile, source=f"{model_uri}: {PROFILE_ARTIFACT} of run {mv.run_id}")
+    return RegisteredVersion(model_name, int(version), model, FeatureSpec.from_dict(spec), profile, dict(mv.tags))
 
 
 def apply_promotion(client: MlflowClient, model_name: str, decision) -> None:

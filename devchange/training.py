@@ -12,7 +12,7 @@ from .config import ModelParams, ParamsError
 from .features import FeatureSpec
 from .names import TARGET
 from .models import feature_importance, fit, make_model, predict_proba
-from .monitoring import reference_profile
+from .monitoring import ReferenceProfile, reference_profile
 
 # %% auto #0
 __all__ = ['TrainedModel', 'train_final']
@@ -24,7 +24,7 @@ class TrainedModel:
     model: Any
     candidate: str
     importance: pd.DataFrame
-    profile: dict            # models/reference.json: what monitoring compares a month with
+    profile: ReferenceProfile  # models/reference.json: what monitoring compares a month with
     card: dict               # models/model.json
     summary: dict            # reports/metrics/train.json
     tags: dict[str, Any]     # provenance tags of the registered version

@@ -26,6 +26,7 @@ from devchange.config import ModelParams
 from devchange.cross_validation import aggregate_folds, select_candidate
 from devchange.features import FeatureSpec
 from devchange.models import feature_importance, fit, make_model, predict_proba
+from devchange.monitoring import ReferenceProfile, reference_profile
 from devchange.names import METRIC_NAMES, TARGET, AGGREGATES, CHAMPION
 from devchange.promotion import promotion_decision
 from devchange.tracking_store import TrackingError
@@ -100,11 +101,18 @@ def _summary(mean: float, minimum: float) -> dict:
             "roc_auc": {"mean": 0.75, "std": 0.01, "min": 0.74, "max": 0.76}}
 
 
+def _profile(toy, kind: str, summary: dict) -> ReferenceProfile:
+    "The monitoring reference of the toy model of `kind`, with a CV band from the summary's lift@k min and max."
+    model, table, spec = toy["fitted"][kind], toy["table"], toy["spec"]
+    band = pd.DataFrame({"lift_at_k": [summary["lift_at_k"]["min"], summary["lift_at_k"]["max"]]})
+    return reference_profile(table, spec, predict_proba(model, table, spec), band, k_share=0.05, bins=10)
+
+
 def _train(toy, kind: str, summary: dict, model_name: str, timeout_s: float = 30) -> dict:
     model, spec = toy["fitted"][kind], toy["spec"]
     with tracking.pipeline_run(timeout_s=timeout_s):
         return registry.log_training(model, spec, toy["table"].head(50), feature_importance(model, spec),
-                                     summary, model_name, profile={"base_rate": 0.1},
+                                     summary, model_name, profile=_profile(toy, kind, summary),
                                      version_tags={"devchange.last_train_month": "2020-08-31"})
 
 
@@ -319,6 +327,7 @@ def test_load_champion_reproduces_predict_proba(repo, toy, model_name, kind):
     champion = registry.load_version(MlflowClient(), model_name, alias=CHAMPION)
     model, version = champion.model, champion.version
     assert version == v1 and hasattr(model, "predict_proba") and champion.spec == toy["spec"]
+    assert champion.profile == _profile(toy, kind, _summary(3.0, 2.0))  # the monitoring reference travels with it
     table, spec = toy["table"], toy["spec"]
     assert np.array_equal(predict_proba(model, table, spec), predict_proba(toy["fitted"][kind], table, spec))
 
