@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -17,8 +17,8 @@ from .models import fit, make_model, predict_proba
 from .names import METRIC_NAMES, ORACLE, RANDOM, KEYS, TARGET, AGGREGATES
 
 # %% auto #0
-__all__ = ['CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'select_candidate', 'aggregates_as_dict',
-           'folds_as_dict', 'Comparison', 'compare_candidates']
+__all__ = ['CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'Selection', 'select_candidate', 'aggregates_as_dict',
+           'folds_as_dict', 'CVSummary', 'Comparison', 'compare_candidates']
 
 # %% ../nbs/11_cross_validation.ipynb #179951a3
 @dataclass
@@ -76,8 +76,27 @@ def aggregate_folds(fold_metrics: pd.DataFrame) -> pd.DataFrame:
     agg = long.groupby(["candidate", "metric"], sort=False)["value"].agg(list(AGGREGATES))
     return agg.reset_index()
 
+# %% ../nbs/11_cross_validation.ipynb #2f1b36f9
+@dataclass(frozen=True)
+class Selection:
+    """The candidate cross-validation chose, by which rule (`aggregate` of `metric`), with its value, every
+    candidate's value best first (`ranking`) and a sentence saying why: `cv.json`'s `selection`."""
+    chosen: str
+    metric: str
+    aggregate: str
+    value: float
+    ranking: list[dict]
+    reason: str
 
-def select_candidate(aggregates: pd.DataFrame, metric: str, aggregate: str, candidates: list[str]) -> dict:
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Selection:
+        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+
+# %% ../nbs/11_cross_validation.ipynb #a3685fed
+def select_candidate(aggregates: pd.DataFrame, metric: str, aggregate: str, candidates: list[str]) -> Selection:
     "Choose among `candidates` by `aggregate` of `metric`; std is minimised, the others maximised."
     if aggregate not in AGGREGATES: raise ValueError(f"cv.selection.aggregate: expected one of {AGGREGATES}, found {aggregate!r}")
     rows = aggregates[(aggregates["metric"] == metric) & aggregates["candidate"].isin(candidates)]
@@ -91,8 +110,7 @@ def select_candidate(aggregates: pd.DataFrame, metric: str, aggregate: str, cand
     others = ", ".join(f"{r['candidate']} {r[aggregate]:.4f}" for r in ranking[1:]) or "no other candidate"
     reason = (f"{best.candidate} has the {'lowest' if lower_wins else 'highest'} {aggregate} {metric} over folds: "
               f"{best[aggregate]:.4f} (vs {others})")
-    return {"chosen": best.candidate, "metric": metric, "aggregate": aggregate,
-            "value": float(best[aggregate]), "ranking": ranking, "reason": reason}
+    return Selection(best.candidate, metric, aggregate, float(best[aggregate]), ranking, reason)
 
 # %% ../nbs/11_cross_validation.ipynb #ddef5e08
 def aggregates_as_dict(aggregates: pd.DataFrame) -> dict:
@@ -112,6 +130,34 @@ def folds_as_dict(fold_metrics: pd.DataFrame) -> dict:
         f[r["candidate"]] = {m: r[m] for m in METRIC_NAMES}
     return out
 
+# %% ../nbs/11_cross_validation.ipynb #0a2c2c45
+@dataclass(frozen=True)
+class CVSummary:
+    """`reports/metrics/cv.json`: the selection, the fold plan (`fold_N` → months), each candidate's aggregates
+    (`candidate` → `metric` → mean, std, min, max) and the per-fold metrics (`fold_N` → sizes and `candidate` →
+    `metric` → value)."""
+    selection: Selection
+    fold_plan: dict
+    candidates: dict
+    folds: dict
+
+    def to_dict(self) -> dict:
+        return {"selection": self.selection.to_dict(), "fold_plan": self.fold_plan, "candidates": self.candidates,
+                "folds": self.folds}
+
+    @classmethod
+    def from_dict(cls, doc: dict, source: str = "cv.json") -> CVSummary:
+        "The summary in `doc`; a document without one of the parts is refused, naming `source`."
+        missing = [f.name for f in fields(cls) if f.name not in doc]
+        if missing:
+            raise ValueError(f"{source}: not a cross-validation summary: missing {', '.join(missing)} "
+                             f"(found {', '.join(doc) or 'nothing'}); re-run the cross_validate stage")
+        return cls(Selection.from_dict(doc["selection"]), doc["fold_plan"], doc["candidates"], doc["folds"])
+
+    def chosen_folds(self) -> pd.DataFrame:
+        "The chosen candidate's metrics, one row per fold (`fold` is `fold_N`)."
+        return pd.DataFrame([{"fold": f, **v[self.selection.chosen]} for f, v in self.folds.items()])
+
 # %% ../nbs/11_cross_validation.ipynb #6b20fdb7
 @dataclass
 class Comparison:
@@ -120,17 +166,17 @@ class Comparison:
     plan_table: pd.DataFrame
     result: CVResult
     aggregates: pd.DataFrame
-    selection: dict
+    selection: Selection
     curves: dict[str, pd.DataFrame]  # cumulative gains of the chosen candidate and of the oracle
 
-    def summary(self) -> dict:
-        "cv.json: the selection, the fold plan, each candidate's aggregates and the per-fold metrics."
-        return {"selection": self.selection, "fold_plan": self.plan_table.set_index("fold").to_dict("index"),
-                "candidates": aggregates_as_dict(self.aggregates), "folds": folds_as_dict(self.result.fold_metrics)}
+    def summary(self) -> CVSummary:
+        "What `cv.json` holds: the selection, the fold plan, each candidate's aggregates and the per-fold metrics."
+        return CVSummary(self.selection, self.plan_table.set_index("fold").to_dict("index"),
+                         aggregates_as_dict(self.aggregates), folds_as_dict(self.result.fold_metrics))
 
     def gains_table(self) -> pd.DataFrame:
         "The gains curves and a random ranking's (gains = share of users, lift 1) in one long table."
-        random = self.curves[self.selection["chosen"]].assign(share_of_positives=lambda d: d["share_of_users"], lift=1.0)
+        random = self.curves[self.selection.chosen].assign(share_of_positives=lambda d: d["share_of_users"], lift=1.0)
         return pd.concat([c.assign(candidate=name) for name, c in {**self.curves, RANDOM: random}.items()])
 
 
@@ -143,5 +189,5 @@ def compare_candidates(table: pd.DataFrame, spec: FeatureSpec, cv: CVParams, mod
     aggregates = aggregate_folds(result.fold_metrics)
     selection = select_candidate(aggregates, cv.selection.metric, cv.selection.aggregate, cv.candidates)
     curves = {name: gains_curve(g["target"], g["probability"]) for name, g in result.oof.groupby("candidate", sort=False)
-              if name in (selection["chosen"], ORACLE)}
+              if name in (selection.chosen, ORACLE)}
     return Comparison(candidates, describe_plan(plan, table), result, aggregates, selection, curves)

@@ -26,7 +26,8 @@ from .io import to_jsonable
 from .names import AGGREGATES, FOLD_METRICS, MONITOR_STAGE, ORACLE, PRODUCTION_SUFFIX
 from .tracking_store import DEFAULT_TIMEOUT_S, TrackingError, configure, configured_experiment, experiment_name
 
-if TYPE_CHECKING:  # monitoring loads scikit-learn, which a stage runner never needs
+if TYPE_CHECKING:  # monitoring and cross-validation load scikit-learn, which a stage runner never needs
+    from devchange.cross_validation import Selection
     from devchange.monitoring import MonitoringReport
 
 # %% auto #0
@@ -219,19 +220,18 @@ def _log_candidate(client: MlflowClient, parent: mlflow.ActiveRun, name: str, fo
 
 
 def log_cross_validation(fold_metrics: pd.DataFrame, aggregates: pd.DataFrame, plan_table: pd.DataFrame,
-                         models: dict[str, ModelParams], selection: dict) -> dict[str, str]:
+                         models: dict[str, ModelParams], selection: Selection) -> dict[str, str]:
     "Log candidates (and the oracle) with their folds under the active pipeline run; returns {candidate: run id}."
     parent = _active_parent()
     client = MlflowClient()
     _supersede(client, parent, CV_STAGE)
     plan = {r["fold"]: r for r in plan_table.to_dict("records")}
     runs = {name: _log_candidate(client, parent, name, folds, aggregates[aggregates["candidate"] == name],
-                                 models.get(name), name == selection["chosen"], plan)
+                                 models.get(name), name == selection.chosen, plan)
             for name, folds in fold_metrics.groupby("candidate", sort=False)}
     pid = parent.info.run_id
-    _log_batch(client, pid, tags={"cv.chosen": selection["chosen"],
-                                  "cv.rule": f"{selection['aggregate']} {selection['metric']}",
-                                  "cv.reason": selection["reason"]})
+    _log_batch(client, pid, tags={"cv.chosen": selection.chosen, "cv.rule": f"{selection.aggregate} {selection.metric}",
+                                  "cv.reason": selection.reason})
     client.log_dict(pid, to_jsonable(selection), "cross_validation/selection.json")
     for name, table in {"fold_plan": plan_table, "fold_metrics": fold_metrics, "aggregates": aggregates}.items():
         client.log_text(pid, table.to_csv(index=False), f"cross_validation/{name}.csv")

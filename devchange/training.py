@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .config import ModelParams, ParamsError
+from .cross_validation import CVSummary
 from .features import FeatureSpec
 from .names import TARGET
 from .models import feature_importance, fit, make_model, predict_proba
@@ -30,25 +31,25 @@ class TrainedModel:
     tags: dict[str, Any]     # provenance tags of the registered version
 
 
-def train_final(table: pd.DataFrame, spec: FeatureSpec, cv_summary: dict, models: dict[str, ModelParams],
+def train_final(table: pd.DataFrame, spec: FeatureSpec, cv_summary: CVSummary, models: dict[str, ModelParams],
                 seed: int, k_share: float, bins: int, data_hash: str) -> TrainedModel:
     "Fit the candidate `cv_summary` (cv.json) chose on all of `table`, with its importance, reference and record."
-    selection = cv_summary["selection"]
-    chosen = selection["chosen"]
+    selection = cv_summary.selection
+    chosen = selection.chosen
     if chosen not in models:
         raise ParamsError(f"params.yaml: models: the chosen candidate {chosen!r} is not defined; re-run cross_validate")
     model = fit(make_model(models[chosen], spec, seed), table, spec)
     months = sorted(table["month"].dt.strftime("%Y-%m-%d").unique())
-    chosen_folds = pd.DataFrame([{"fold": f, **v[chosen]} for f, v in cv_summary["folds"].items()])
-    profile = reference_profile(table, spec, predict_proba(model, table, spec), chosen_folds, k_share=k_share, bins=bins)
+    profile = reference_profile(table, spec, predict_proba(model, table, spec), cv_summary.chosen_folds(),
+                                k_share=k_share, bins=bins)
     tags = {"devchange.candidate": chosen, "devchange.train_months": ",".join(months),
             "devchange.last_train_month": months[-1], "devchange.window_first": months[0],
             "devchange.window_last": months[-1], "devchange.data_hash": data_hash,
-            "devchange.fold_plan": ",".join(f["valid_month"] for f in cv_summary["fold_plan"].values()),
+            "devchange.fold_plan": ",".join(f["valid_month"] for f in cv_summary.fold_plan.values()),
             "devchange.k_share": k_share}
     card = {"candidate": chosen, "kind": models[chosen].kind, "params": models[chosen].params, "seed": seed,
             "train_months": months, "train_rows": len(table), "features": spec.columns,
-            "selected_because": selection["reason"]}
+            "selected_because": selection.reason}
     summary = {"candidate": chosen, "train_rows": len(table), "train_positives": int(table[TARGET].sum()),
                "n_train_months": len(months)}
     return TrainedModel(model, chosen, feature_importance(model, spec), profile, card, summary, tags)
