@@ -84,7 +84,7 @@ def _log_sklearn(model, **common):
     return mlflow.sklearn.log_model(model, pip_requirements=mlflow.sklearn.get_default_pip_requirements(
         include_skops=True), skops_trusted_types=SKOPS_TRUSTED_SKLEARN, pyfunc_predict_fn="predict_proba", **common)
 
-# %% ../nbs/10_models.ipynb #caee5ec4
+# %% ../nbs/10_models.ipynb #97408512
 @dataclass(frozen=True)
 class ModelKind:
     "What the project needs to know about one kind of model."
@@ -95,7 +95,7 @@ class ModelKind:
     flavour: str                                      # the MLflow flavour it is logged and loaded with (mlflow.<flavour>)
     log_model: Callable[..., Any]                     # logs it in that flavour (name, signature, input_example)
 
-
+# %% ../nbs/10_models.ipynb #b1ed4bf9
 MODEL_KINDS: dict[str, ModelKind] = {
     "lightgbm": ModelKind(lgb.LGBMClassifier, _build_lightgbm, _lightgbm_params, _lightgbm_importance, "lightgbm",
                           _log_lightgbm),
@@ -112,7 +112,7 @@ def model_kind(kind: str) -> ModelKind:
         raise ValueError(f"models: unknown kind {kind!r}; expected one of {', '.join(map(repr, MODEL_KINDS))}")
     return MODEL_KINDS[kind]
 
-
+# %% ../nbs/10_models.ipynb #7fe2a10b
 def kind_of(model) -> str:
     "The kind of a fitted or unfitted model (its last step's class, for a pipeline)."
     last = model.steps[-1][1] if isinstance(model, Pipeline) else model
@@ -120,12 +120,12 @@ def kind_of(model) -> str:
         if isinstance(last, k.estimator): return name
     raise TypeError(f"{type(last).__name__}: not a model of any kind in MODEL_KINDS ({', '.join(MODEL_KINDS)})")
 
-
+# %% ../nbs/10_models.ipynb #58e87ab3
 def known_params(kind: str) -> set[str]:
     "Parameter names an estimator of `kind` accepts (for LightGBM: its constructor's and every core parameter and alias)."
     return model_kind(kind).known_params() - {"self", "kwargs"}
 
-
+# %% ../nbs/10_models.ipynb #de2cca33
 def check_params(cfg: ModelParams) -> None:
     "Fail on a parameter the estimator does not know: LightGBM would silently ignore a typo such as `num_leave`."
     unknown = sorted(set(cfg.params) - known_params(cfg.kind))
@@ -133,7 +133,7 @@ def check_params(cfg: ModelParams) -> None:
         raise ValueError(f"models: {cfg.kind} has no parameter {', '.join(map(repr, unknown))} "
                          f"(check models.<name>.params in params.yaml)")
 
-
+# %% ../nbs/10_models.ipynb #514a4118
 def make_model(cfg: ModelParams, spec: FeatureSpec, seed: int):
     "An unfitted estimator for one candidate. The seed from params overrides any `random_state`."
     check_params(cfg)

@@ -44,7 +44,7 @@ class PromotionDecision:
         if d["deciding_month"] is None: del d["deciding_month"]
         return d
 
-
+# %% ../nbs/22_promotion.ipynb #db661fd3
 def promotion_decision(model_name: str, challenger: dict, champion: dict | None, margin: float, floor: float,
                        month: str | None) -> PromotionDecision:
     """Should the challenger become champion? `challenger`/`champion`: {version, lift (on `month`), cv_min}.
@@ -71,14 +71,14 @@ def promotion_decision(model_name: str, challenger: dict, champion: dict | None,
                              c["version"], num(c.get("lift")), num(c["cv_min"]), None if p is None else p["version"],
                              None if p is None else num(p["lift"]), float(margin), float(floor))
 
-# %% ../nbs/22_promotion.ipynb #92c26f24
+# %% ../nbs/22_promotion.ipynb #e27dec12
 def deciding_month(challenger: int, champion: int, root: str | Path | None = None) -> str | None:
     "The newest month whose targets arrived that both versions scored blind (the champion's list or a shadow)."
     both = [m for m in production_months(root)
             if lift_on(m, challenger, root) is not None and lift_on(m, champion, root) is not None]
     return both[-1] if both else None
 
-
+# %% ../nbs/22_promotion.ipynb #9a4d5ed0
 def record_decision(decision: PromotionDecision, root: str | Path | None = None) -> bool:
     "Append a decision to data/production/promotions.json unless it repeats the last one about the same pair."
     path = paths(root).production / "promotions.json"
@@ -88,7 +88,7 @@ def record_decision(decision: PromotionDecision, root: str | Path | None = None)
     io.write_json([*history, decision.to_dict()], path)
     return True
 
-
+# %% ../nbs/22_promotion.ipynb #582d402b
 def promote(params: Params, root: str | Path | None = None) -> PromotionDecision:
     """Challenger against champion on the newest labelled month both scored blind; record; move `champion` if won.
     A challenger with no such month yet is kept pending, and the decision names the month that will decide.
