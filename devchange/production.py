@@ -28,7 +28,7 @@ def month_dir(month: str, root: str | Path | None = None) -> Path:
     "data/production/<YYYY-MM-DD>: everything production wrote about one month."
     return paths(root).production / month
 
-
+# %% ../nbs/21_production.ipynb #7d68bdcb
 def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -175,7 +175,7 @@ def lift_on(month: str, version: int, root: str | Path | None = None) -> float |
     perf = io.read_json(folder / "monitoring.json").get("performance")
     return None if not perf else perf[PROMOTION_METRIC]
 
-
+# %% ../nbs/21_production.ipynb #498ac109
 def production_months(root: str | Path | None = None) -> list[str]:
     "Months production has scored, oldest first."
     P = paths(root)

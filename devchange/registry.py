@@ -28,7 +28,7 @@ from .tracking_store import TrackingError
 if TYPE_CHECKING: from devchange.monitoring import ReferenceProfile
 
 # %% auto #0
-__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'log_training', 'reproduce_commands', 'RegisteredVersion',
+__all__ = ['SPEC_ARTIFACT', 'PROFILE_ARTIFACT', 'model_aliases', 'reproduce_commands', 'log_training', 'RegisteredVersion',
            'alias_version', 'load_version', 'apply_promotion']
 
 # %% ../nbs/17_registry.ipynb #fef35590
@@ -40,7 +40,20 @@ def model_aliases(client: MlflowClient, model_name: str) -> dict[str, int]:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST": return {}
         raise
 
+# %% ../nbs/17_registry.ipynb #9272c5c2
+def reproduce_commands(commit: str, dirty: bool = False, experiment: str | None = None) -> str:
+    """How to get a registered version's model again, in a clone beside the workspace (the README explains the steps).
 
+    An experiment's commit comes from `refs/exps` (`dvc exp pull --no-cache`: its data comes with `dvc pull`, through
+    the clone's remote, since `dvc exp pull` reads the remote from the experiment's commit, where a relative path
+    resolves elsewhere); a workspace run's from git, which reproduces it only if the workspace had no uncommitted
+    change."""
+    tail = "dvc pull --allow-missing && dvc repro --force train"
+    if experiment:
+        return f"dvc exp pull --no-cache origin {experiment} && git checkout {commit} && {tail}"
+    return f"git checkout {commit} && {tail}" + (" (not exact: the run had uncommitted changes)" if dirty else "")
+
+# %% ../nbs/17_registry.ipynb #fc276c06
 def _estimator_params(model) -> dict:
     from sklearn.pipeline import Pipeline  # scikit-learn and LightGBM are imported where a model is logged
     if isinstance(model, Pipeline):  # the preprocessing is fixed by the feature spec; the estimator is the knob
@@ -95,19 +108,6 @@ def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd
         mlflow.set_tag("devchange.registered_version", f"{model_name}/{version}")
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version}
 
-# %% ../nbs/17_registry.ipynb #9272c5c2
-def reproduce_commands(commit: str, dirty: bool = False, experiment: str | None = None) -> str:
-    """How to get a registered version's model again, in a clone beside the workspace (the README explains the steps).
-
-    An experiment's commit comes from `refs/exps` (`dvc exp pull --no-cache`: its data comes with `dvc pull`, through
-    the clone's remote, since `dvc exp pull` reads the remote from the experiment's commit, where a relative path
-    resolves elsewhere); a workspace run's from git, which reproduces it only if the workspace had no uncommitted
-    change."""
-    tail = "dvc pull --allow-missing && dvc repro --force train"
-    if experiment:
-        return f"dvc exp pull --no-cache origin {experiment} && git checkout {commit} && {tail}"
-    return f"git checkout {commit} && {tail}" + (" (not exact: the run had uncommitted changes)" if dirty else "")
-
 # %% ../nbs/17_registry.ipynb #a4ff84ca
 @dataclass
 class RegisteredVersion:
@@ -158,7 +158,7 @@ def load_version(client: MlflowClient, model_name: str, version: int | None = No
         profile = ReferenceProfile.from_dict(profile, source=f"{model_uri}: {PROFILE_ARTIFACT} of run {mv.run_id}")
     return RegisteredVersion(model_name, int(version), model, FeatureSpec.from_dict(spec), profile, dict(mv.tags))
 
-
+# %% ../nbs/17_registry.ipynb #6f158639
 def apply_promotion(client: MlflowClient, model_name: str, decision) -> None:
     "Record a `promotion.PromotionDecision` on the challenger version; move alias `champion` to it, last, only when promoted."
     if decision.model_name != model_name:
