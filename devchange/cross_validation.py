@@ -12,6 +12,7 @@ import pandas as pd
 from .config import CVParams, ModelParams
 from .features import FeatureSpec, apply_feature_spec, fit_feature_spec
 from .folds import Fold, describe_plan, fold_plan, split
+from .io import require_keys
 from .metrics import gains_curve, ranking_metrics
 from .models import fit, make_model, predict_proba
 from .names import METRIC_NAMES, ORACLE, RANDOM, KEYS, TARGET, AGGREGATES
@@ -148,10 +149,8 @@ class CVSummary:
     @classmethod
     def from_dict(cls, doc: dict, source: str = "cv.json") -> CVSummary:
         "The summary in `doc`; a document without one of the parts is refused, naming `source`."
-        missing = [f.name for f in fields(cls) if f.name not in doc]
-        if missing:
-            raise ValueError(f"{source}: not a cross-validation summary: missing {', '.join(missing)} "
-                             f"(found {', '.join(doc) or 'nothing'}); re-run the cross_validate stage")
+        require_keys(doc, [f.name for f in fields(cls)], source, "a cross-validation summary",
+                     "re-run the cross_validate stage")
         return cls(Selection.from_dict(doc["selection"]), doc["fold_plan"], doc["candidates"], doc["folds"])
 
     def chosen_folds(self) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from .catalog import Paths, writer
 
 # %% auto #0
 __all__ = ['atomic_path', 'file_lock', 'to_jsonable', 'write_json', 'write_table', 'require', 'read_table', 'read_json',
-           'require_output', 'read_output', 'write_output']
+           'require_output', 'read_output', 'write_output', 'require_keys']
 
 # %% ../nbs/03_io.ipynb #3a09df1e
 def _umask() -> int:
@@ -127,3 +127,10 @@ def write_output(paths: Paths, name: str, value: Any) -> None:
     path = paths.out(name)
     if path.suffix == ".json": write_json(value, path)
     else: write_table(value, path)
+
+# %% ../nbs/03_io.ipynb #d71f6ca3
+def require_keys(doc: dict, keys: Iterable[str], source: str | Path, what: str, remedy: str) -> None:
+    "Refuse `doc` (read from `source`) unless it has every key in `keys`: a ValueError saying what is missing and what to do."
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise ValueError(f"{source}: not {what}: missing {', '.join(missing)} (found {', '.join(doc) or 'nothing'}); {remedy}")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .config import MonitoringParams
 from .features import FeatureSpec
+from .io import require_keys
 from .metrics import top_k_metrics
 
 # %% auto #0
@@ -88,10 +89,7 @@ class ReferenceProfile:
     @classmethod
     def from_dict(cls, doc: dict, source: str = "reference profile") -> ReferenceProfile:
         "The profile in `doc`; a document without one of the fields is refused, naming `source`."
-        missing = [f.name for f in fields(cls) if f.name not in doc]
-        if missing:
-            raise ValueError(f"{source}: not a reference profile: missing {', '.join(missing)} "
-                             f"(found {', '.join(doc) or 'nothing'}); re-run the train stage")
+        require_keys(doc, [f.name for f in fields(cls)], source, "a reference profile", "re-run the train stage")
         return cls(**{f.name: doc[f.name] for f in fields(cls)})
 
 # %% ../nbs/13_monitoring.ipynb #d020689a
