@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,7 +148,7 @@ class CVSummary:
                 "folds": self.folds}
 
     @classmethod
-    def from_dict(cls, doc: dict, source: str = "cv.json") -> CVSummary:
+    def from_dict(cls, doc: dict, source: str | Path = "cv.json") -> CVSummary:
         "The summary in `doc`; a document without one of the parts is refused, naming `source`."
         require_keys(doc, [f.name for f in fields(cls)], source, "a cross-validation summary",
                      "re-run the cross_validate stage")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,7 @@ class ReferenceProfile:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, doc: dict, source: str = "reference profile") -> ReferenceProfile:
+    def from_dict(cls, doc: dict, source: str | Path = "reference profile") -> ReferenceProfile:
         "The profile in `doc`; a document without one of the fields is refused, naming `source`."
         require_keys(doc, [f.name for f in fields(cls)], source, "a reference profile", "re-run the train stage")
         return cls(**{f.name: doc[f.name] for f in fields(cls)})
