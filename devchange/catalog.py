@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['RAW_FILES', 'ORACLE_FILE', 'OUTPUTS', 'repo_root', 'Paths', 'writer', 'paths']
 
-# %% ../nbs/01_catalog.ipynb #6505a8c2
+# %% ../nbs/01_catalog.ipynb #21fc754a
 RAW_FILES = {
     "target": "target.feather",
     "features": "user_features.feather",
@@ -22,6 +22,7 @@ RAW_FILES = {
 ORACLE_FILE = "oracle.feather"
 "True probability of each row; written by the generator only, never used for fitting."
 
+# %% ../nbs/01_catalog.ipynb #51954623
 OUTPUTS = {
     **{role: (f"data/raw/{name}", "generate") for role, name in RAW_FILES.items()},
     "oracle": (f"data/raw/{ORACLE_FILE}", "generate"),
@@ -47,7 +48,7 @@ OUTPUTS = {
 }
 "Every file the pipeline's stages write besides their reports: name -> (path under the root, the stage that writes it). dvc.yaml's outs are these (tests/test_dvc_deps.py)."
 
-
+# %% ../nbs/01_catalog.ipynb #dd37d9a9
 def repo_root(start: str | Path | None = None) -> Path:
     "The repository root: `DEVCHANGE_ROOT`, else the nearest folder with params.yaml and dvc.yaml."
     if os.environ.get("DEVCHANGE_ROOT"):
@@ -61,7 +62,7 @@ def repo_root(start: str | Path | None = None) -> Path:
         "in it or above it (or set DEVCHANGE_ROOT)."
     )
 
-
+# %% ../nbs/01_catalog.ipynb #a14c2d2f
 @dataclass(frozen=True)
 class Paths:
     "Every location the pipeline reads or writes, under one repository root."
@@ -99,7 +100,7 @@ class Paths:
         if name not in OUTPUTS: raise KeyError(f"{name!r}: not a pipeline output (known: {', '.join(OUTPUTS)})")
         return self.root / OUTPUTS[name][0]
 
-
+# %% ../nbs/01_catalog.ipynb #af1e77a0
 def writer(name: str) -> str:
     "The stage that writes output `name`."
     return OUTPUTS[name][1]
