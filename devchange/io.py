@@ -56,7 +56,7 @@ def file_lock(path: str | Path):
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
-# %% ../nbs/03_io.ipynb #e1994007
+# %% ../nbs/03_io.ipynb #68895914
 def to_jsonable(value: Any) -> Any:
     """A copy of `value` with numpy scalars as Python numbers, NaN/inf as None and dates as ISO strings; a typed
     result (a dataclass with `to_dict`, such as a monitoring report) as its document."""
@@ -72,13 +72,13 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"): return value.isoformat()
     return value
 
-
+# %% ../nbs/03_io.ipynb #8ceea519
 def write_json(obj: Any, path: str | Path) -> None:
     "Write `obj` as indented JSON atomically."
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
-
+# %% ../nbs/03_io.ipynb #5b0dcfc9
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     "Write a table atomically; the format follows the suffix (.parquet, .feather, .csv)."
     path = Path(path)
@@ -88,7 +88,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
     if path.suffix not in writers: raise ValueError(f"{path}: expected a .parquet, .feather or .csv path")
     with atomic_path(path) as tmp: writers[path.suffix](tmp)
 
-# %% ../nbs/03_io.ipynb #4e0132ce
+# %% ../nbs/03_io.ipynb #fc9bd142
 def require(path: str | Path, made_by: str = "") -> Path:
     "`path` if it exists, else a FileNotFoundError naming it and the stage that writes it."
     path = Path(path)
@@ -97,31 +97,31 @@ def require(path: str | Path, made_by: str = "") -> Path:
         raise FileNotFoundError(f"{path}: file not found{hint}")
     return path
 
-
+# %% ../nbs/03_io.ipynb #c118a4fb
 def read_table(path: str | Path, made_by: str = "") -> pd.DataFrame:
     "Read a .parquet, .feather or .csv table written by another stage."
     path = require(path, made_by)
     readers = {".parquet": pd.read_parquet, ".feather": pd.read_feather, ".csv": pd.read_csv}
     return readers[path.suffix](path)
 
-
+# %% ../nbs/03_io.ipynb #812dd2a5
 def read_json(path: str | Path, made_by: str = "") -> Any:
     "Read a JSON file written by another stage."
     return json.loads(require(path, made_by).read_text())
 
-# %% ../nbs/03_io.ipynb #1bd8f0e4
+# %% ../nbs/03_io.ipynb #d476833a
 def require_output(paths: Paths, name: str) -> Path:
     "Path of output `name`, or a FileNotFoundError naming the stage that writes it."
     return require(paths.out(name), made_by=writer(name))
 
-
+# %% ../nbs/03_io.ipynb #41a0ed36
 def read_output(paths: Paths, name: str) -> Any:
     "Output `name`: a table (parquet, feather, csv) or a JSON document."
     path = paths.out(name)
     if path.suffix == ".json": return read_json(path, made_by=writer(name))
     return read_table(path, made_by=writer(name))
 
-
+# %% ../nbs/03_io.ipynb #fd68a246
 def write_output(paths: Paths, name: str, value: Any) -> None:
     "Write output `name` atomically: a DataFrame as a table, anything else as JSON."
     path = paths.out(name)
