@@ -19,17 +19,10 @@ from .models import fit, make_model, predict_proba
 from .names import METRIC_NAMES, ORACLE, RANDOM, KEYS, TARGET, AGGREGATES
 
 # %% auto #0
-__all__ = ['CVResult', 'fold_tables', 'cross_validate', 'aggregate_folds', 'Selection', 'select_candidate', 'aggregates_as_dict',
+__all__ = ['fold_tables', 'CVResult', 'cross_validate', 'aggregate_folds', 'Selection', 'select_candidate', 'aggregates_as_dict',
            'folds_as_dict', 'CVSummary', 'Comparison', 'compare_candidates']
 
-# %% ../nbs/11_cross_validation.ipynb #179951a3
-@dataclass
-class CVResult:
-    "Per-fold metrics (one row per candidate and fold) and out-of-fold predictions."
-    fold_metrics: pd.DataFrame
-    oof: pd.DataFrame
-
-
+# %% ../nbs/11_cross_validation.ipynb #b994fedc
 def fold_tables(table: pd.DataFrame, spec: FeatureSpec, fold: Fold) -> tuple[FeatureSpec, pd.DataFrame, pd.DataFrame]:
     "The fold's spec (categorical levels of its training months only) and its training and validation rows typed by it."
     train, valid = split(table, fold)
@@ -39,7 +32,14 @@ def fold_tables(table: pd.DataFrame, spec: FeatureSpec, fold: Fold) -> tuple[Fea
         return t.reset_index(drop=True).assign(**apply_feature_spec(t, fold_spec)[fold_spec.columns])
     return fold_spec, typed(train), typed(valid)
 
+# %% ../nbs/11_cross_validation.ipynb #72f0498b
+@dataclass
+class CVResult:
+    "Per-fold metrics (one row per candidate and fold) and out-of-fold predictions."
+    fold_metrics: pd.DataFrame
+    oof: pd.DataFrame
 
+# %% ../nbs/11_cross_validation.ipynb #5b3c8bee
 def _oracle_scores(valid: pd.DataFrame, oracle: pd.DataFrame | None) -> np.ndarray | None:
     "The oracle's probabilities of the validation rows, if it has every one."
     if oracle is None or not len(oracle): return None
@@ -114,7 +114,7 @@ def select_candidate(aggregates: pd.DataFrame, metric: str, aggregate: str, cand
               f"{best[aggregate]:.4f} (vs {others})")
     return Selection(best.candidate, metric, aggregate, float(best[aggregate]), ranking, reason)
 
-# %% ../nbs/11_cross_validation.ipynb #ddef5e08
+# %% ../nbs/11_cross_validation.ipynb #30cb6085
 def aggregates_as_dict(aggregates: pd.DataFrame) -> dict:
     "{candidate: {metric: {mean, std, min, max}}}"
     out: dict = {}
@@ -122,7 +122,7 @@ def aggregates_as_dict(aggregates: pd.DataFrame) -> dict:
         out.setdefault(r.candidate, {})[r.metric] = {a: getattr(r, a) for a in AGGREGATES}
     return out
 
-
+# %% ../nbs/11_cross_validation.ipynb #7a780340
 def folds_as_dict(fold_metrics: pd.DataFrame) -> dict:
     "{fold_N: {valid_month, n_train, candidate: {metric: value}}}"
     out: dict = {}

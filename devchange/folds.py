@@ -10,7 +10,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['Fold', 'fold_plan', 'split', 'describe_plan']
 
-# %% ../nbs/09_folds.ipynb #d9e2bc79
+# %% ../nbs/09_folds.ipynb #aafa260c
 @dataclass(frozen=True)
 class Fold:
     "One temporal fold: train on `train_months`, all strictly before `valid_month`."
@@ -18,7 +18,7 @@ class Fold:
     train_months: tuple[pd.Timestamp, ...]
     valid_month: pd.Timestamp
 
-
+# %% ../nbs/09_folds.ipynb #ecca4712
 def fold_plan(months, n_folds: int) -> list[Fold]:
     "Expanding-window folds: each of the last `n_folds` months validated on all earlier months."
     months = sorted(pd.to_datetime(pd.Series(list(months))).drop_duplicates())
@@ -32,14 +32,14 @@ def fold_plan(months, n_folds: int) -> list[Fold]:
     return [Fold(fold=i + 1, train_months=tuple(months[:first + i]), valid_month=months[first + i])
             for i in range(n_folds)]
 
-# %% ../nbs/09_folds.ipynb #5c63a1c8
+# %% ../nbs/09_folds.ipynb #93b707d3
 def split(table: pd.DataFrame, fold: Fold) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Training rows (months before the validation month) and validation rows of one fold."
     train = table[table["month"].isin(fold.train_months)]
     valid = table[table["month"] == fold.valid_month]
     return train, valid
 
-
+# %% ../nbs/09_folds.ipynb #7a95e8db
 def describe_plan(plan: list[Fold], table: pd.DataFrame) -> pd.DataFrame:
     "The fold plan as a table: months, row counts and positives on each side."
     rows = []
