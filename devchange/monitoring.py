@@ -29,7 +29,7 @@ def psi(expected, actual, epsilon: float = 1e-4) -> float:
     e, a = np.maximum(e, epsilon), np.maximum(a, epsilon)
     return float(np.sum((a - e) * np.log(a / e)))
 
-# %% ../nbs/13_monitoring.ipynb #21ad7e52
+# %% ../nbs/13_monitoring.ipynb #046a4ea1
 MISSING, UNSEEN = "(missing)", "(unseen)"
 
 
@@ -40,7 +40,7 @@ def quantile_edges(values, bins: int) -> list[float]:
     if len(x) == 0: return []
     return np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1])).tolist()
 
-
+# %% ../nbs/13_monitoring.ipynb #13af1e55
 def numeric_shares(values, edges: list[float]) -> np.ndarray:
     "Shares of rows in each bin (x ≤ e1, e1 < x ≤ e2, ..., x > last), then the missing bin."
     x = np.asarray(values, dtype=np.float64)
@@ -49,7 +49,7 @@ def numeric_shares(values, edges: list[float]) -> np.ndarray:
                          minlength=len(edges) + 1)
     return np.r_[counts, missing.sum()] / max(len(x), 1)
 
-
+# %% ../nbs/13_monitoring.ipynb #60f455df
 def categorical_shares(values, levels: list[str]) -> np.ndarray:
     "Shares of rows at each training level, then at levels never seen in training, then missing."
     text = pd.Series(values).astype("string")
@@ -138,12 +138,12 @@ def drift_report(profile: ReferenceProfile, features: pd.DataFrame, scores, spec
             "max_feature_psi": rows[0]["psi"] if rows else 0.0, "score_psi": score_psi,
             "score_status": _status(score_psi, cfg.psi_watch, cfg.psi_retrain)}
 
-# %% ../nbs/13_monitoring.ipynb #6a9a686d
+# %% ../nbs/13_monitoring.ipynb #313973e2
 def band_bounds(band: dict) -> tuple[float, float]:
     "The CV band as (low, high): the wider of fold min–max and mean ± 2 std."
     return (min(band["min"], band["mean"] - 2 * band["std"]), max(band["max"], band["mean"] + 2 * band["std"]))
 
-
+# %% ../nbs/13_monitoring.ipynb #2c43da89
 def performance_report(scored: pd.DataFrame, profile: ReferenceProfile, k_share: float, oracle: pd.Series | None = None) -> dict:
     "Top-k metrics of `scored` (columns probability, target) against the profile's CV band and base rate."
     with warnings.catch_warnings():
@@ -159,11 +159,11 @@ def performance_report(scored: pd.DataFrame, profile: ReferenceProfile, k_share:
             out["oracle_lift_at_k"] = top_k_metrics(scored["target"], oracle, k_share)["lift_at_k"]
     return out
 
-# %% ../nbs/13_monitoring.ipynb #64811d76
+# %% ../nbs/13_monitoring.ipynb #77d2c3ba
 Reason = tuple[str, str]
 "(status, sentence): one finding of a check, `watch` or `retrain`."
 
-
+# %% ../nbs/13_monitoring.ipynb #3c212604
 def feature_drift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
     "Features whose PSI reached the retrain or the watch bound (the five largest named)."
     reasons = []
@@ -175,14 +175,14 @@ def feature_drift_check(drift: dict, performance: dict | None, cfg: MonitoringPa
             reasons.append((status, f"feature drift: PSI >= {bound:g} for {shown}"))
     return reasons
 
-
+# %% ../nbs/13_monitoring.ipynb #a5e23277
 def score_drift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
     "The score's own PSI against training."
     if drift["score_status"] == "ok": return []
     bound = cfg.psi_retrain if drift["score_status"] == "retrain" else cfg.psi_watch
     return [(drift["score_status"], f"score drift: PSI {drift['score_psi']:.3f} >= {bound:g}")]
 
-
+# %% ../nbs/13_monitoring.ipynb #d8996866
 def lift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
     "lift@k below the floor (retrain) or below the cross-validation band (watch), once targets arrived."
     if performance is None: return []
@@ -194,18 +194,18 @@ def lift_check(drift: dict, performance: dict | None, cfg: MonitoringParams, flo
                           f"[{performance['band_low']:.3f}, {performance['band_high']:.3f}]")]
     return []
 
-
+# %% ../nbs/13_monitoring.ipynb #2d645635
 def base_rate_check(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> list[Reason]:
     "The month's change rate moved too far from training's, once targets arrived."
     if performance is None or abs(performance["base_rate_shift"]) < cfg.base_rate_shift: return []
     return [("watch", f"base rate {performance['base_rate']:.2%} moved {performance['base_rate_shift']:+.0%} from "
                       f"training ({performance['base_rate_reference']:.2%})")]
 
-
+# %% ../nbs/13_monitoring.ipynb #63948773
 CHECKS = [feature_drift_check, score_drift_check, lift_check, base_rate_check]
 "The verdict's checks, in the order their reasons are listed. A new check is a function like these and a row here."
 
-# %% ../nbs/13_monitoring.ipynb #c602353d
+# %% ../nbs/13_monitoring.ipynb #01d40193
 @dataclass(frozen=True)
 class Verdict:
     "`ok`, `watch` or `retrain` (`none`: no month to monitor), what it covers, and one reason per finding."
@@ -220,7 +220,7 @@ class Verdict:
     def from_dict(cls, d: dict) -> Verdict:
         return cls(d["status"], d["scope"], tuple(d["reasons"]))
 
-
+# %% ../nbs/13_monitoring.ipynb #c4482fec
 def verdict(drift: dict, performance: dict | None, cfg: MonitoringParams, floor: float) -> Verdict:
     "ok / watch / retrain with the reasons, from a drift report and (once targets arrive) a performance report."
     reasons = [r for check in CHECKS for r in check(drift, performance, cfg, floor)]
