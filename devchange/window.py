@@ -17,28 +17,24 @@ from .catalog import paths
 from .config import WindowParams
 
 # %% auto #0
-__all__ = ['month_id', 'window_months', 'month_after', 'WindowError', 'Window', 'plan_window', 'stack', 'month_tables',
+__all__ = ['month_id', 'window_months', 'month_after', 'Window', 'WindowError', 'plan_window', 'stack', 'month_tables',
            'assemble', 'data_hash', 'StoreError', 'dvc_command', 'labelled_months', 'add_labelled_month']
 
-# %% ../nbs/19_window.ipynb #f55e913f
+# %% ../nbs/19_window.ipynb #e4df5d3e
 def month_id(month) -> str:
     "The month end `month` falls in, as YYYY-MM-DD."
     return (pd.Timestamp(month) + pd.offsets.MonthEnd(0)).strftime("%Y-%m-%d")
 
-
+# %% ../nbs/19_window.ipynb #893f4007
 def window_months(last_month, n_months: int) -> list[str]:
     "The `n_months` month ends up to and including `last_month`."
     return [d.strftime("%Y-%m-%d") for d in pd.date_range(end=month_id(last_month), periods=n_months, freq="ME")]
 
-
+# %% ../nbs/19_window.ipynb #127bcd45
 def month_after(month) -> str:
     return month_id(pd.Timestamp(month_id(month)) + pd.offsets.MonthEnd(1))
 
-# %% ../nbs/19_window.ipynb #36bf09f3
-class WindowError(ValueError):
-    "The training window asks for months the data does not have."
-
-
+# %% ../nbs/19_window.ipynb #d879426d
 @dataclass(frozen=True)
 class Window:
     "The months a run trains on, where each comes from, and the month it scores."
@@ -48,6 +44,10 @@ class Window:
     scoring_month: str | None
 
     def to_dict(self) -> dict: return asdict(self)
+
+# %% ../nbs/19_window.ipynb #aa258337
+class WindowError(ValueError):
+    "The training window asks for months the data does not have."
 
 
 def plan_window(window: WindowParams, raw_months, scoring_months, labelled) -> Window:
@@ -65,7 +65,7 @@ def plan_window(window: WindowParams, raw_months, scoring_months, labelled) -> W
     return Window(months, [m for m in months if m in raw], [m for m in months if m not in raw],
                   after if after in {month_id(m) for m in scoring_months} else None)
 
-# %% ../nbs/19_window.ipynb #6fe1b12e
+# %% ../nbs/19_window.ipynb #658860e6
 def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
     "Rows of `frames` one after another; a categorical column keeps the union of the levels."
     if len(frames) == 1: return frames[0]
@@ -76,13 +76,13 @@ def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
             for f in frames: f[c] = pd.Categorical(f[c].astype("string").astype(object), categories=levels)
     return pd.concat(frames, ignore_index=True)
 
-
+# %% ../nbs/19_window.ipynb #2e17cc69
 def month_tables(root, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(features, targets) of one month in the labelled store."
     folder = paths(root).labelled / month
     return pd.read_parquet(folder / "features.parquet"), pd.read_parquet(folder / "targets.parquet")
 
-
+# %% ../nbs/19_window.ipynb #c46eba70
 def assemble(raw: dict[str, pd.DataFrame], window: Window, root=None) -> dict[str, pd.DataFrame]:
     "The `contract.read_raw` tables cut to `window`: training months from raw and the store, and the scoring month."
     def keep(df):
@@ -108,7 +108,7 @@ def data_hash(root, window: Window) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/19_window.ipynb #132988f0
+# %% ../nbs/19_window.ipynb #c361a9b1
 class StoreError(RuntimeError):
     "The labelled store could not be read, written or synchronised with the DVC remote."
 
@@ -125,7 +125,7 @@ def _dvc(root, *args: str) -> str:
         raise StoreError(f"`dvc {' '.join(args)}` in {root} failed: {(done.stderr or done.stdout).strip()[-800:]}")
     return done.stdout
 
-
+# %% ../nbs/19_window.ipynb #2f0ab9e8
 def labelled_months(root=None) -> list[str]:
     "Months in the labelled store (a folder with both files)."
     folder = paths(root).labelled
@@ -139,7 +139,7 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     except AssertionError: return False
     return True
 
-
+# %% ../nbs/19_window.ipynb #f8665577
 def add_labelled_month(root, month: str, features: pd.DataFrame, targets: pd.DataFrame, push: bool = True) -> bool:
     "Put a month into the store, track it with DVC, stage its .dvc file and push it; False if it was there already."
     P = paths(root)
