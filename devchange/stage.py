@@ -35,7 +35,7 @@ from .config import ParamsError, load_params, plain, read_params_yaml
 __all__ = ['KERNEL', 'FREEZE_AT_EXIT', 'StageError', 'stage_notebook', 'stage_param_keys', 'stage_parameters', 'check_parameters',
            'strip_run_metadata', 'render_html', 'StageKernel', 'execute_report', 'run_stage', 'main']
 
-# %% ../nbs/18_stage.ipynb #d8409ecc
+# %% ../nbs/18_stage.ipynb #4f0cb6bf
 class StageError(RuntimeError):
     "A stage could not run, or its notebook failed."
 
@@ -47,7 +47,7 @@ def stage_notebook(name: str, root: Path) -> Path:
     "The notebook behind stage `name`."
     return root / "nbs" / "stages" / f"{name}.ipynb"
 
-
+# %% ../nbs/18_stage.ipynb #c9b3be4b
 def stage_param_keys(name: str, root: Path) -> list[str]:
     "The params.yaml keys that dvc.yaml lists for stage `name`."
     dvc = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
@@ -61,7 +61,7 @@ def stage_param_keys(name: str, root: Path) -> list[str]:
         keys.append(entry)
     return keys
 
-
+# %% ../nbs/18_stage.ipynb #b6cee072
 def _lookup(raw: dict, key: str) -> Any:
     value = raw
     for part in key.split("."):
@@ -76,7 +76,7 @@ def stage_parameters(name: str, root: Path) -> dict[str, Any]:
     raw = read_params_yaml(root / "params.yaml")
     return {key.replace(".", "_"): plain(_lookup(raw, key)) for key in stage_param_keys(name, root)}
 
-
+# %% ../nbs/18_stage.ipynb #d23e3ee4
 def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
     "Fail unless the notebook's `parameters` cell declares exactly the names passed to it."
     import papermill as pm
@@ -90,7 +90,7 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
                          f"passed but not declared in the parameters cell: {unknown or 'none'}; "
                          f"declared but not passed (add to the stage's params in dvc.yaml): {missing or 'none'}")
 
-# %% ../nbs/18_stage.ipynb #f42824bf
+# %% ../nbs/18_stage.ipynb #aba9dfa0
 _STYLER_ID = re.compile(r"T_[0-9a-f]{5}(?=[_\"'\s])")
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
 
@@ -129,7 +129,7 @@ def strip_run_metadata(notebook: Path, root: Path) -> None:
         _stable_outputs(cell, i)
     nbformat.write(nb, notebook)
 
-
+# %% ../nbs/18_stage.ipynb #5c164a56
 def render_html(notebook: Path, html: Path, parameters_last: bool = False) -> None:
     """Render an executed notebook as a report page: prose, tables and plots, no code.
 
@@ -214,7 +214,7 @@ class StageKernel:
     def __enter__(self) -> StageKernel: return self.start()
     def __exit__(self, *exc) -> None: self.stop()
 
-# %% ../nbs/18_stage.ipynb #83c8e7d8
+# %% ../nbs/18_stage.ipynb #0a88a1d8
 class _InBackground(threading.Thread):
     "Run `fn(*args)` in a thread from now on; `result()` waits for it and raises what it raised."
     def __init__(self, fn, *args):
@@ -270,7 +270,7 @@ def execute_report(notebook: Path, parameters: dict[str, Any], out: Path, root: 
         os.replace(out_nb, out.with_name(f"{out.name}.ipynb"))
         os.replace(out_html, out.with_name(f"{out.name}.html"))
 
-
+# %% ../nbs/18_stage.ipynb #b6243a45
 def run_stage(name: str, root: str | Path | None = None, kernel: str = KERNEL) -> Path:
     "Execute the stage notebook into reports/<name>.ipynb and .html; returns the executed notebook path."
     root = Path(root).resolve() if root else paths().root
