@@ -24,12 +24,12 @@ __all__ = ['QUEUE_STATES', 'experiment_name', 'raw_months', 'plan_retrain', 'exp
            'retrain', 'parse_queue_status', 'compare_experiments', 'sweep', 'stream_inputs', 'run_month', 'emulate',
            'timeline', 'print_timeline']
 
-# %% ../nbs/23_loop.ipynb #384d94f3
+# %% ../nbs/23_loop.ipynb #8e5aa4ef
 def experiment_name(month: str) -> str:
     "The DVC experiment that retrains on the window ending at `month`: retrain-YYYY-MM."
     return f"retrain-{month_id(month)[:7]}"
 
-
+# %% ../nbs/23_loop.ipynb #cb527e99
 def raw_months(root=None) -> list[str]:
     "The months of the raw training file (its `month` column only)."
     path = paths(root).raw_file("target")
@@ -37,7 +37,7 @@ def raw_months(root=None) -> list[str]:
     months = feather.read_table(path, columns=["month"]).column("month").unique().to_pandas()
     return sorted(pd.DatetimeIndex(pd.to_datetime(months)).strftime("%Y-%m-%d"))
 
-
+# %% ../nbs/23_loop.ipynb #6d813b1f
 def plan_retrain(n_months: int, raw: list[str], labelled: list[str], champion_last: str | None,
                  month: str | None = None) -> str:
     "The month the retrain window ends at; refuses what cannot be trained on."
@@ -57,7 +57,7 @@ def plan_retrain(n_months: int, raw: list[str], labelled: list[str], champion_la
     plan_window(WindowParams(pd.Timestamp(month).date(), n_months), raw, [], labelled)
     return month
 
-# %% ../nbs/23_loop.ipynb #bd1af6bb
+# %% ../nbs/23_loop.ipynb #beafe7cf
 def experiment_ref(root, name: str) -> tuple[str, str] | None:
     "(ref, commit) of DVC experiment `name` in the repository at `root`, or None."
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], cwd=root,
@@ -65,7 +65,7 @@ def experiment_ref(root, name: str) -> tuple[str, str] | None:
     found = [line.split() for line in refs if line.split(" ")[0].endswith(f"/{name}")]
     return tuple(found[-1]) if found else None
 
-
+# %% ../nbs/23_loop.ipynb #a9880c49
 def push_experiment(root, name: str) -> None:
     "Push the experiment's data and outputs (its dvc.lock and .dvc files) to the default DVC remote."
     from dvc.repo import Repo
@@ -80,7 +80,7 @@ def push_experiment(root, name: str) -> None:
     with Repo(str(root), config={"remote": {url: {"url": target}}}) as repo:
         repo.push(revs=[ref[1]], workspace=False)
 
-
+# %% ../nbs/23_loop.ipynb #2de15114
 def _retrains_file(root) -> Path: return paths(root).production / "retrains.json"
 
 
@@ -89,7 +89,7 @@ def retrains(root=None) -> list[dict]:
     path = _retrains_file(root)
     return io.read_json(path) if path.is_file() else []
 
-
+# %% ../nbs/23_loop.ipynb #b1477200
 def retrain(params: Params, root=None, month: str | None = None) -> dict:
     """Train a challenger on the window ending at `month` (default: the newest labelled month) as DVC experiment
     `retrain-YYYY-MM`; tag its version; shadow-score the waiting months. Running it again changes nothing."""
@@ -135,7 +135,7 @@ def retrain(params: Params, root=None, month: str | None = None) -> dict:
     if CHAMPION in aliases: promotion.promote(params, root)  # pending: names the month that will decide
     return record
 
-# %% ../nbs/23_loop.ipynb #8a156a8b
+# %% ../nbs/23_loop.ipynb #67657768
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
 
 
@@ -147,7 +147,7 @@ def parse_queue_status(text: str) -> dict[str, str]:
 
 def _queue(root) -> dict[str, str]: return parse_queue_status(_dvc(root, "queue", "status"))
 
-
+# %% ../nbs/23_loop.ipynb #cba4434a
 def compare_experiments(names: list[str], keys: list[str], root=None) -> pd.DataFrame:
     """One row per experiment of `names` that registered a version: the `keys` (params.yaml paths) it ran with and
     the version's cross-validation figures of the promotion metric, best mean first."""
@@ -169,7 +169,7 @@ def compare_experiments(names: list[str], keys: list[str], root=None) -> pd.Data
     table = pd.DataFrame(rows, columns=[*cols, *(f"{PROMOTION_METRIC} {a}" for a in ("mean", "std", "min", "max"))])
     return table.sort_values(f"{PROMOTION_METRIC} mean", ascending=False, kind="stable").reset_index(drop=True)
 
-
+# %% ../nbs/23_loop.ipynb #1b502cbd
 def sweep(settings: list[str], jobs: int = 1, root=None, say=print, poll_s: float = 5.0) -> pd.DataFrame:
     """Queue the grid `settings` (`key=a,b,...` each, as `dvc exp run -S` takes them), run the queue `jobs` at a time,
     wait for it and compare the experiments (`compare_experiments`). A failed experiment is named with its log's end."""
@@ -194,8 +194,7 @@ def sweep(settings: list[str], jobs: int = 1, root=None, say=print, poll_s: floa
     say(f"{len(names) - len(failed)} of {len(names)} succeeded; `dvc exp show` and the MLflow UI compare them too")
     return table
 
-
-# %% ../nbs/23_loop.ipynb #3da50532
+# %% ../nbs/23_loop.ipynb #ec3a0e21
 def stream_inputs(root=None) -> list[tuple[str, Path, Path]]:
     "(month, features file, targets file) of every month in data/stream (the scoring month first), in order."
     P = paths(root)
@@ -204,7 +203,7 @@ def stream_inputs(root=None) -> list[tuple[str, Path, Path]]:
     if not months: raise WindowError(f"{P.stream}: no month to emulate (generate.stream_months and data.source: generate)")
     return months
 
-
+# %% ../nbs/23_loop.ipynb #742286e8
 def run_month(params: Params, month: str, previous: tuple[str, Path, Path] | None, features: Path | None,
               root=None, may_retrain: bool = True) -> dict:
     "One production month: evaluate the previous month, promote, score `month`, retrain on `retrain`."
@@ -218,7 +217,7 @@ def run_month(params: Params, month: str, previous: tuple[str, Path, Path] | Non
         events["retrain"] = retrain(params, root, month=previous[0])["reason"]
     return events
 
-
+# %% ../nbs/23_loop.ipynb #8f67c769
 def emulate(params: Params, root=None, say=print) -> dict:
     "Run production over every generated month in order, then evaluate the last one; returns the timeline."
     months = stream_inputs(root)
@@ -229,7 +228,7 @@ def emulate(params: Params, root=None, say=print) -> dict:
             "scored" if features is not None else None, events.get("retrain")])), flush=True)
     return timeline(root)
 
-# %% ../nbs/23_loop.ipynb #a4b007f5
+# %% ../nbs/23_loop.ipynb #de5bc93f
 def timeline(root=None) -> dict:
     "Months, retrains and promotion decisions as production recorded them."
     from devchange import production
@@ -245,7 +244,7 @@ def timeline(root=None) -> dict:
     path = paths(root).production / "promotions.json"
     return {"months": rows, "retrains": retrains(root), "decisions": io.read_json(path) if path.is_file() else []}
 
-
+# %% ../nbs/23_loop.ipynb #878d2b61
 def print_timeline(t: dict) -> None:
     f = lambda x: "–" if x is None else f"{x:.2f}"
     print(f"{'month':<11} {'champion':>8} {'lift@k':>7}  {'verdict':<8} shadows (lift@k)")
