@@ -59,7 +59,7 @@ def fit_feature_spec(train_features: pd.DataFrame, float32: bool = True, rows: n
     categorical = {c: _levels(col(c)) for c, k in kinds.items() if k == "categorical"}
     return FeatureSpec(numeric=numeric, categorical=categorical)
 
-# %% ../nbs/08_features.ipynb #0b81e8a4
+# %% ../nbs/08_features.ipynb #b52aff5b
 def with_levels(values: pd.Series, levels: list[str]) -> pd.Categorical:
     "`values` as a categorical over `levels`, compared as text; any other value becomes missing."
     if isinstance(values.dtype, pd.CategoricalDtype):  # map the few categories, then the codes: no text per row
@@ -68,7 +68,7 @@ def with_levels(values: pd.Series, levels: list[str]) -> pd.Categorical:
     as_text = values.astype("string")
     return pd.Categorical(as_text.where(as_text.isin(levels)), categories=levels)
 
-
+# %% ../nbs/08_features.ipynb #f79f1ff1
 def apply_feature_spec(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "Keys plus the spec's feature columns, typed as in training; unseen levels become missing."
     columns = {c: features[c].to_numpy() for c in KEYS}
@@ -76,14 +76,14 @@ def apply_feature_spec(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFram
     columns.update({c: with_levels(features[c], levels) for c, levels in spec.categorical.items()})
     return pd.DataFrame(columns, copy=False)
 
-
+# %% ../nbs/08_features.ipynb #b45f43f3
 def training_table(target: pd.DataFrame, features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "One row per target row: keys, target and features (the contract guarantees every row has features)."
     table = target[KEYS + [TARGET]].merge(apply_feature_spec(features, spec), on=KEYS, how="left", validate="1:1")
     table[TARGET] = table[TARGET].astype("int8")
     return table.sort_values(KEYS, kind="stable").reset_index(drop=True)
 
-
+# %% ../nbs/08_features.ipynb #ebfbd4ec
 def scoring_table(scoring_features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "Every user with features in the scoring month, typed by the training spec (no target)."
     return apply_feature_spec(scoring_features, spec).sort_values(KEYS, kind="stable").reset_index(drop=True)
