@@ -41,7 +41,7 @@ def write_stream(parts: list[tuple[pd.DataFrame, pd.DataFrame]], folder) -> list
     shutil.rmtree(old, ignore_errors=True)
     return months
 
-# %% ../nbs/06_raw_data.ipynb #ac4a3680
+# %% ../nbs/06_raw_data.ipynb #0bcc2686
 @dataclass
 class RawData:
     "What `write_raw_data` wrote: where the data came from, the oracle's rows and the stream's months."
@@ -74,7 +74,7 @@ def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths:
     write_output(paths, "oracle", oracle)
     return RawData(source, len(oracle), stream)
 
-
+# %% ../nbs/06_raw_data.ipynb #4e30c8d3
 def raw_files_summary(paths: Paths) -> pd.DataFrame:
     "One row per raw file: rows, columns, months and megabytes."
     rows = []
@@ -87,7 +87,7 @@ def raw_files_summary(paths: Paths) -> pd.DataFrame:
                      "months": ", ".join(months), "MB": round(path.stat().st_size / 1e6, 2)})
     return pd.DataFrame(rows)
 
-
+# %% ../nbs/06_raw_data.ipynb #46491517
 def read_head(path: str | Path, n: int = 5) -> pd.DataFrame:
     "The first `n` rows of a feather file, read from its first record batch only."
     with pa.memory_map(str(path)) as source:
