@@ -18,9 +18,7 @@ from .names import KEYS
 __all__ = ['TARGET_ROLES', 'FEATURE_ROLES', 'PAIRS', 'FEATURE_NAME', 'EXPECTED', 'N_EXAMPLES', 'REQUIRED', 'DataContractError',
            'read_raw', 'feature_kinds', 'file_problems', 'check_data']
 
-# %% ../nbs/07_contract.ipynb #705023ac
-"The join key of every file: one row per user and month."
-
+# %% ../nbs/07_contract.ipynb #443e8b41
 TARGET_ROLES = ("target", "scoring_target")
 FEATURE_ROLES = ("features", "scoring_features")
 PAIRS = {"target": "features", "scoring_target": "scoring_features"}
@@ -35,7 +33,7 @@ EXPECTED = {
     "scoring_target": "the scoring target: columns user_id, month, target (0/1)",
 }
 
-
+# %% ../nbs/07_contract.ipynb #ba8b1bea
 class DataContractError(ValueError):
     "The input data break the contract; the message lists every violation, one per line."
     def __init__(self, message: str, violations: list[str] | None = None):
@@ -47,7 +45,7 @@ def _raise(problems: list[str], where: str | Path = "") -> None:
     head = f"{where or 'input data'}: {len(problems)} data contract violation{'s' if len(problems) != 1 else ''}:"
     raise DataContractError("\n".join([head, *problems]), problems)
 
-
+# %% ../nbs/07_contract.ipynb #b512cff3
 def read_raw(folder: str | Path) -> dict[str, pd.DataFrame]:
     "The four input files in `folder`, by `RAW_FILES` role."
     folder = Path(folder)
