@@ -22,7 +22,7 @@ __all__ = ['DEFAULT_EXPERIMENT', 'DEFAULT_TIMEOUT_S', 'EXPERIMENT_KIND_TAG', 'Tr
            'experiment_name', 'sqlite_file', 'artifact_location', 'redact', 'probe', 'configure',
            'configured_experiment']
 
-# %% ../nbs/15_tracking_store.ipynb #3634fbb7
+# %% ../nbs/15_tracking_store.ipynb #8272ddb4
 class TrackingError(RuntimeError):
     "MLflow tracking is unreachable or misconfigured; the message names the tracking URI."
 
@@ -31,7 +31,7 @@ DEFAULT_EXPERIMENT = "devchange"
 DEFAULT_TIMEOUT_S = 10.0
 "Seconds a stage waits for an unreachable tracking server before failing."
 
-
+# %% ../nbs/15_tracking_store.ipynb #9aa1a374
 def store_root(root: str | Path | None = None) -> Path:
     """The repository whose embedded store this process uses: the one a DVC experiment was started from.
 
@@ -40,24 +40,24 @@ def store_root(root: str | Path | None = None) -> Path:
     if os.environ.get("DVC_ROOT"): return Path(os.environ["DVC_ROOT"]).resolve()
     return Path(root).resolve() if root else paths().root
 
-
+# %% ../nbs/15_tracking_store.ipynb #3317ac5a
 def tracking_uri(root: str | Path | None = None) -> str:
     "`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<store_root>/mlflow.db` (absolute)."
     if os.environ.get("MLFLOW_TRACKING_URI"): return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
-
+# %% ../nbs/15_tracking_store.ipynb #26bd2631
 def experiment_name() -> str:
     "`MLFLOW_EXPERIMENT_NAME` if set, else `devchange`."
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
-
+# %% ../nbs/15_tracking_store.ipynb #e814e5f3
 def sqlite_file(uri: str) -> Path | None:
     "The database file of a `sqlite:///` tracking URI, absolute; None for any other store."
     if urlsplit(uri).scheme != "sqlite": return None
     return Path(uri.split(":///", 1)[1]).resolve()
 
-
+# %% ../nbs/15_tracking_store.ipynb #b47a01de
 def artifact_location(uri: str, root: str | Path) -> str | None:
     "Where a new experiment keeps its artifacts: beside a SQLite file; the server's choice for a server."
     if urlsplit(uri).scheme in ("http", "https", "databricks", "file", ""): return None  # the server / file store decides
@@ -65,14 +65,14 @@ def artifact_location(uri: str, root: str | Path) -> str | None:
     if db is not None: return (db.parent / "mlartifacts").as_uri()  # beside the database, from any working directory
     return (Path(root).resolve() / "mlartifacts").as_uri()  # another database: MLflow would pick ./mlruns
 
-
+# %% ../nbs/15_tracking_store.ipynb #8799b460
 def redact(uri: str) -> str:
     "The URI without a password, fit for an error message."
     parts = urlsplit(uri)
     if parts.password is None: return uri
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
 
-# %% ../nbs/15_tracking_store.ipynb #a4ce1c8d
+# %% ../nbs/15_tracking_store.ipynb #984fde93
 def _bound_http_calls(timeout_s: float) -> None:
     # read by MLflow at every request, and inherited by the papermill kernels a stage starts
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))  # an int, for MLflow
@@ -99,7 +99,7 @@ def probe(uri: str, timeout_s: float) -> None:
     if status >= 500:
         raise TrackingError(f"MLflow tracking server {redact(uri)} is unavailable: /health answered HTTP {status}")
 
-
+# %% ../nbs/15_tracking_store.ipynb #061e0a74
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
@@ -154,7 +154,7 @@ def configure(timeout_s: float = DEFAULT_TIMEOUT_S, experiment: str | None = Non
     _CONFIGURED.update(key=(uri, name), experiment_id=exp_id)
     return uri
 
-
+# %% ../nbs/15_tracking_store.ipynb #2e325dc8
 def configured_experiment(timeout_s: float) -> str:
     "The id of the current experiment: set up by this process's last `configure` if it still applies, else configure."
     key = (tracking_uri(), experiment_name())
