@@ -36,7 +36,7 @@ __all__ = ['KIND', 'STAGE', 'KEY', 'SUPERSEDED', 'PARENT', 'DVC_EXP', 'IGNORED_F
            'log_cross_validation', 'run_tree', 'training_run', 'log_monitoring', 'month_index', 'log_production_run',
            'log_stage_report']
 
-# %% ../nbs/16_tracking.ipynb #e72533aa
+# %% ../nbs/16_tracking.ipynb #136595d0
 KIND, STAGE, KEY = "devchange.kind", "devchange.stage", "devchange.pipeline_key"
 SUPERSEDED, PARENT = "devchange.superseded", "mlflow.parentRunId"
 DVC_EXP = "devchange.dvc_exp"
@@ -56,7 +56,7 @@ def _git(root: Path, *args: str) -> str | None:
         return None
     return p.stdout.strip() if p.returncode == 0 else None
 
-
+# %% ../nbs/16_tracking.ipynb #60b9ddd2
 def git_state(root: str | Path) -> tuple[str, str]:
     "(commit, dirty) of the repository at `root`: dirty is 'true'/'false', both 'unknown' outside git."
     commit = _git(Path(root), "rev-parse", "HEAD")
@@ -64,13 +64,13 @@ def git_state(root: str | Path) -> tuple[str, str]:
     status = _git(Path(root), "status", "--porcelain", "--", ".", *[f":(exclude){p}" for p in IGNORED_FOR_DIRTY])
     return commit, "unknown" if status is None else str(bool(status)).lower()
 
-
+# %% ../nbs/16_tracking.ipynb #f37f2957
 def exp_tags() -> dict[str, str]:
     "`{DVC_EXP: name}` inside a DVC experiment (`DVC_EXP_NAME`, which `dvc exp run` sets for every stage), else {}."
     name = os.environ.get("DVC_EXP_NAME")
     return {DVC_EXP: name} if name else {}
 
-
+# %% ../nbs/16_tracking.ipynb #dacfcdff
 def raw_data_hash(root: str | Path) -> str:
     "SHA-256 of the four raw input files' names and contents; 'none' when there are none yet."
     h, found = hashlib.sha256(), False
@@ -83,7 +83,7 @@ def raw_data_hash(root: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest() if found else "none"
 
-
+# %% ../nbs/16_tracking.ipynb #ec78ae95
 def flatten(d: dict, sep: str = ".", prefix: str = "") -> dict:
     "Nested dicts as one dict with joined keys: {'a': {'b': 1}} -> {'a.b': 1}."
     out = {}
@@ -292,14 +292,14 @@ def log_monitoring(report: MonitoringReport) -> str:
     client.set_terminated(run_id)
     return run_id
 
-# %% ../nbs/16_tracking.ipynb #e9216b12
+# %% ../nbs/16_tracking.ipynb #8a940d7a
 def month_index(month: str) -> int:
     "Months since 2000-01 of a YYYY-MM-DD month (2020-10-31 -> 249): the step production metrics are logged at; 0 for no month."
     try: ts = pd.Timestamp(month)
     except ValueError: return 0
     return (ts.year - 2000) * 12 + ts.month - 1
 
-
+# %% ../nbs/16_tracking.ipynb #5bd304a9
 def log_production_run(command: str, month: str, model_name: str, version: int, doc: dict,
                        timeout_s: float = DEFAULT_TIMEOUT_S, metrics: dict | None = None, tags: dict | None = None) -> str:
     """One run per (command, month, version) in `<experiment>-production`, found again on a rerun; returns its id.
