@@ -65,7 +65,7 @@ def oracle_of(month: str, root: str | Path | None = None) -> pd.DataFrame | None
     table = table.filter(pc.equal(table["month"], pa.scalar(pd.Timestamp(month), table.schema.field("month").type)))
     return table.select(["user_id", "probability"]).to_pandas() if table.num_rows else None
 
-# %% ../nbs/21_production.ipynb #37eca499
+# %% ../nbs/21_production.ipynb #4cbe1d1b
 def score_month(features_path: str | Path, params: Params, root: str | Path | None = None) -> MonitoringReport:
     """Score a month's features with the champion (the business's list), and with challengers in the shadow;
     write scores and the drift part of monitoring. Returns the champion's report (its monitoring.json).
@@ -100,7 +100,7 @@ def score_month(features_path: str | Path, params: Params, root: str | Path | No
     add_shadows(month, params, root)
     return report
 
-
+# %% ../nbs/21_production.ipynb #178d933b
 def add_shadows(month: str, params: Params, root: str | Path | None = None) -> list[int]:
     """Score `month` in the shadow with the challenger and the previous champion, when they were trained only on
     earlier months and the month's targets have not arrived (a shadow score is blind). Returns the versions added."""

@@ -108,7 +108,7 @@ def log_training(model, spec: FeatureSpec, example: pd.DataFrame, importance: pd
         mlflow.set_tag("devchange.registered_version", f"{model_name}/{version}")
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version}
 
-# %% ../nbs/17_registry.ipynb #a4ff84ca
+# %% ../nbs/17_registry.ipynb #de251f5d
 @dataclass
 class RegisteredVersion:
     "One version of the registered model, with what scoring and monitoring it need."
@@ -122,12 +122,12 @@ class RegisteredVersion:
     @property
     def last_train_month(self) -> str | None: return self.tags.get("devchange.last_train_month")
 
-
+# %% ../nbs/17_registry.ipynb #10fdd00b
 def alias_version(client: MlflowClient, model_name: str, alias: str) -> int | None:
     "The version number behind `alias`, or None."
     return model_aliases(client, model_name).get(alias)
 
-
+# %% ../nbs/17_registry.ipynb #04a0c618
 def _run_json(client: MlflowClient, run_id: str, path: str) -> dict | None:
     if path not in {f.path for f in client.list_artifacts(run_id)}: return None
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,7 @@ def score_with(model, spec: FeatureSpec, features: pd.DataFrame, k_share: float)
     typed = apply_feature_spec(features, spec).sort_values(KEYS, kind="stable").reset_index(drop=True)
     return rank_scores(typed, predict_proba(model, typed, spec), k_share)
 
-# %% ../nbs/20_scoring.ipynb #aaa36e90
+# %% ../nbs/20_scoring.ipynb #be8e03d5
 class ProductionError(RuntimeError):
     "A production command cannot go on; the message says what to do."
 
@@ -53,7 +53,7 @@ def _refuse(path: str | Path, problems: list[str]) -> None:
     "One ProductionError naming the file once and saying every problem (contract messages start with the file), or nothing."
     if problems: raise ProductionError(f"{path}: " + "; ".join(p.removeprefix(f"{path}: ") for p in problems))
 
-
+# %% ../nbs/20_scoring.ipynb #c6cfcfbe
 def read_month(path: str | Path, columns: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
     """(table, month as YYYY-MM-DD) of a one-month feather or parquet file that has `columns`.
 
