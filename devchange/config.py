@@ -255,12 +255,12 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         except ValueError: raise _fail(where, "a date (YYYY-MM-DD)", value) from None
     raise TypeError(f"config: no rule for type {tp!r} at {where}")
 
-# %% ../nbs/02_config.ipynb #02790127
+# %% ../nbs/02_config.ipynb #405b615c
 def parse_params(raw: dict) -> Params:
     "Validate a params mapping (as read from YAML) into `Params`."
     return _build(Params, raw, "")
 
-
+# %% ../nbs/02_config.ipynb #3778634f
 def read_params_yaml(path: str | Path | None = None) -> dict:
     "The raw mapping in params.yaml (default: the repository's)."
     path = Path(path) if path else paths().params
@@ -273,12 +273,12 @@ def read_params_yaml(path: str | Path | None = None) -> dict:
     if not isinstance(raw, dict): raise ParamsError(f"{path}: expected a mapping at the top level, found {raw!r}")
     return raw
 
-
+# %% ../nbs/02_config.ipynb #2adf0159
 def load_params(path: str | Path | None = None) -> Params:
     "Read and validate params.yaml."
     return parse_params(read_params_yaml(path))
 
-# %% ../nbs/02_config.ipynb #272b023f
+# %% ../nbs/02_config.ipynb #d6b300db
 def section(name: str, value: Any = None, params_file: str | Path | None = None) -> Any:
     "Typed value of params.yaml key `name` (a section, or a dotted key such as `tracking.timeout_s`); `value=None` reads it."
     tp, where = Params, ""
@@ -294,7 +294,7 @@ def section(name: str, value: Any = None, params_file: str | Path | None = None)
             value = value[part]
     return _build(tp, value, name)
 
-
+# %% ../nbs/02_config.ipynb #8e6841ae
 def plain(value: Any) -> Any:
     "YAML value with dates as ISO strings: what papermill can inject into a notebook as a literal."
     if isinstance(value, dict): return {str(k): plain(v) for k, v in value.items()}
@@ -302,7 +302,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.datetime)): return value.isoformat()[:10]
     return value
 
-# %% ../nbs/02_config.ipynb #ac7cc179
+# %% ../nbs/02_config.ipynb #e1f6b855
 class StageSetup:
     "A stage's `paths`, its typed params (one attribute per parameter name) and the operational `tracking` settings."
     def __init__(self, paths: Paths, params: dict[str, Any], tracking: TrackingParams):
@@ -317,7 +317,7 @@ class StageSetup:
     def __repr__(self) -> str:
         return f"StageSetup(root={self.paths.root}, params={sorted(self.params)})"
 
-
+# %% ../nbs/02_config.ipynb #3b98d2d9
 def _param_key(name: str) -> str:
     "params.yaml key of a notebook parameter: a section name, or `<section>_<key>` for a dotted key."
     sections = set(get_type_hints(Params))
