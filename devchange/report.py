@@ -415,7 +415,7 @@ def score_psi_plot(table: pd.DataFrame, thresholds):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/24_report.ipynb #d523b387
+# %% ../nbs/24_report.ipynb #b5e58e5f
 REPORT_NAME = "production"
 "The report's files: reports/production.ipynb and reports/production.html."
 
@@ -424,7 +424,7 @@ def report_notebook(root: str | Path) -> Path:
     "The report notebook, beside the stage notebooks."
     return Path(root) / "nbs" / "production" / "report.ipynb"
 
-
+# %% ../nbs/24_report.ipynb #0566bdb5
 def report_parameters(params, root: Path, production: str | Path | None = None, stream: str | Path | None = None) -> dict:
     "The notebook's parameters: where production and the stream are (relative to `root` when inside it) and the settings it reads."
     from dataclasses import asdict
@@ -436,7 +436,7 @@ def report_parameters(params, root: Path, production: str | Path | None = None, 
             "promotion_floor": params.promotion.floor, "k_share": params.metrics.k_share,
             "timeout_s": params.tracking.timeout_s}
 
-
+# %% ../nbs/24_report.ipynb #f2694f7d
 def render_report(params, root: str | Path | None = None, production: str | Path | None = None,
                   stream: str | Path | None = None, kernel: str | None = None, before_render=None) -> Path:
     """Execute the report notebook into reports/production.ipynb and render reports/production.html (no code),
@@ -457,7 +457,7 @@ def render_report(params, root: str | Path | None = None, production: str | Path
         started.stop()
     return reports / f"{REPORT_NAME}.html"
 
-
+# %% ../nbs/24_report.ipynb #f885ed42
 def log_report(html: Path, production: Path, model_name: str, timeout_s: float) -> str:
     "Log the report (.html and .ipynb) as artifacts of the production run `report <newest month>`; returns its id."
     from mlflow import MlflowClient
@@ -473,7 +473,7 @@ def log_report(html: Path, production: Path, model_name: str, timeout_s: float) 
     for f in (html, html.with_suffix(".ipynb")): client.log_artifact(run_id, str(f), "reports")
     return run_id
 
-
+# %% ../nbs/24_report.ipynb #92eeaaf0
 def command(params, production: str | Path | None = None, stream: str | Path | None = None) -> int:
     "`devchange report`: render the report and log it to MLflow; print where it is."
     from devchange import stage
