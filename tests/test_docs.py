@@ -88,6 +88,15 @@ def test_chapters_show_the_api_of_their_exported_names(site):
         assert "top_k_metrics" in entry and "k_share" in entry and "precision@k" in entry
 
 
+def test_formulas_are_mathml_and_code_keeps_its_dollars(site):
+    "The chapters' TeX becomes MathML (no script, no network); a `$` in code or a price stays as written."
+    monitoring = (site / "monitoring.html").read_text()
+    assert monitoring.count('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">') == 1  # the PSI
+    assert "<mtext>PSI</mtext>" in monitoring and "$$" not in monitoring
+    page = docs.render_math("<p>with $e_i$ the share, a price of $5 and $6</p><pre>x = f'$y$'</pre>")
+    assert page.count("<math") == 1 and "a price of $5 and $6" in page and "<pre>x = f'$y$'</pre>" in page
+
+
 def test_notebook_links_become_page_links(site):
     index = (site / "index.html").read_text()
     assert ".ipynb" not in "".join(u for u in _links(site / "index.html") if not urlsplit(u).scheme)

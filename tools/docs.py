@@ -15,7 +15,8 @@ cannot reach. This builds the same kind of site with what the lock holds (nbconv
   `make guides` (a run on tiny data); their front matter (a first raw cell of YAML) gives the
   title, description and `order`.
 
-Every page has a sidebar linking all pages. A link to a notebook that is a page becomes a link to
+Formulas written as TeX between `$` (inline) or `$$` (a block) become MathML (latex2mathml), which
+browsers draw without a script or a network. Every page has a sidebar linking all pages. A link to a notebook that is a page becomes a link to
 that page; a link to another file of the repository points at it under settings.ini's `git_url`.
 Headings get GitHub's anchors, so `#a-heading` works on GitHub and here alike."""
 from __future__ import annotations
@@ -124,6 +125,22 @@ def _highlight(code: str) -> str:
 def _md(text: str) -> str:
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
     return markdown2html_mistune(text)
+
+
+_CODE = re.compile(r"(<pre\b.*?</pre>|<code\b.*?</code>)", re.S)
+_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE = re.compile(r"(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])")  # "$5 and $6" is no formula
+
+
+def render_math(body: str) -> str:
+    "`body` with the TeX between `$$` and `$` as MathML, outside code; a formula latex2mathml cannot read stays as written."
+    from latex2mathml.converter import convert
+    def mathml(m: re.Match, display: str) -> str:
+        try: return convert(html.unescape(m.group(1)).strip(), display=display)
+        except Exception: return m.group(0)
+    def outside_code(text: str) -> str:
+        return _INLINE.sub(lambda m: mathml(m, "inline"), _DISPLAY.sub(lambda m: mathml(m, "block"), text))
+    return "".join(part if _CODE.fullmatch(part) else outside_code(part) for part in _CODE.split(body))
 
 
 def _annotation(a) -> str:
@@ -406,7 +423,7 @@ def build(out: Path, root: Path = ROOT) -> list[Path]:
         body, _ = exporter.from_notebook_node(nb)
         for i, entries in enumerate(api):
             body = re.sub(rf"<p>{PLACEHOLDER.format(i)}</p>", lambda m: entries, body, count=1)
-        body = _github_anchors(body)
+        body = render_math(_github_anchors(body))
         body = rewrite_links(body, page, by_src, root, repo_url, cfg.get("branch", "main"))
         if page.kind == "home": body += "\n" + guides_list(all_pages)
         target = out / page.out
