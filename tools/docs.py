@@ -16,8 +16,8 @@ cannot reach. This builds the same kind of site with what the lock holds (nbconv
   title, description and `order`.
 
 Formulas written as TeX between `$` (inline) or `$$` (a block) become MathML (latex2mathml), which
-browsers draw without a script or a network. Every page has a sidebar linking all pages. A link to a notebook that is a page becomes a link to
-that page; a link to another file of the repository points at it under settings.ini's `git_url`.
+browsers draw without a script or a network. Every page has a sidebar linking all pages. A link to
+a notebook that is a page becomes a link to that page; a link to another file of the repository points at it under settings.ini's `git_url`.
 Headings get GitHub's anchors, so `#a-heading` works on GitHub and here alike."""
 from __future__ import annotations
 
@@ -140,7 +140,8 @@ def render_math(body: str) -> str:
         except Exception: return m.group(0)
     def outside_code(text: str) -> str:
         return _INLINE.sub(lambda m: mathml(m, "inline"), _DISPLAY.sub(lambda m: mathml(m, "block"), text))
-    return "".join(part if _CODE.fullmatch(part) else outside_code(part) for part in _CODE.split(body))
+    # split() with the group keeps the code blocks at the odd places, between the text around them
+    return "".join(part if i % 2 else outside_code(part) for i, part in enumerate(_CODE.split(body)))
 
 
 def _annotation(a) -> str:
