@@ -118,3 +118,14 @@ def test_readme_links_resolve_and_name_every_guide():
             assert fragment in anchors, f"README.md links to {url}: no such heading"
     for guide in (ROOT / "nbs" / "guides").glob("*.ipynb"):
         assert f"nbs/guides/{guide.name}" in local, f"README.md does not link the guide {guide.name}"
+
+
+def test_two_builds_are_byte_identical(site, tmp_path):
+    "The site is a function of the notebooks: no random cell id, no memory address of a constant's value."
+    again = tmp_path / "_docs"
+    docs.build(again)
+    files = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert [str(f) for f in files if (site / f).read_bytes() != (again / f).read_bytes()] == []
+    models = (site / "models.html").read_text()
+    assert "MODEL_KINDS" in models and " at 0x" not in models and "LGBMClassifier" in models

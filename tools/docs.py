@@ -184,6 +184,13 @@ def _param_notes(obj) -> list[tuple[str, str]]:
         return []
 
 
+def value_repr(obj) -> str:
+    """A constant's value as a reader wants it: a function or class inside it by its name. Their own
+    reprs carry a memory address, which would make two builds of the site differ."""
+    text = re.sub(r"<(?:built-in )?function ([\w.<>]+) at 0x[0-9a-f]+>", r"\1", repr(obj))
+    return re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text)
+
+
 def _api_entry(obj, name: str, anchor: str, level: int = 3, doc: str | None = None) -> str:
     doc = inspect.getdoc(obj) if doc is None else doc
     parts = [f'<div class="api" id="{anchor}"><h{level} class="api-name"><code>{html.escape(name)}</code>'
@@ -191,7 +198,7 @@ def _api_entry(obj, name: str, anchor: str, level: int = 3, doc: str | None = No
     if callable(obj) or inspect.isclass(obj):
         parts.append(f'<div class="signature">{_highlight(signature(obj, name.split(".")[-1]))}</div>')
     else:
-        value = repr(obj)
+        value = value_repr(obj)
         parts.append(f'<div class="signature">{_highlight(f"{name} = " + (value if len(value) <= 120 else value[:117] + "..."))}</div>')
     if doc: parts.append(f'<div class="doc">{_md(doc)}</div>')
     notes = _param_notes(obj) if callable(obj) else []
@@ -259,7 +266,8 @@ def prepare(page: Page, nb: dict, lib: str) -> tuple[dict, list[str]]:
             if "exports" in d: cells.append(cell)
             entries = api_html(module, source)
             if entries:
-                cells.append(nbformat.v4.new_markdown_cell(PLACEHOLDER.format(len(api))))
+                # a fixed id: nbformat's default is random, and nbconvert writes it into the page
+                cells.append(nbformat.v4.new_markdown_cell(PLACEHOLDER.format(len(api)), id=f"api-{len(api)}"))
                 api.append(entries)
             continue
         if HIDDEN & d.keys() or d.get("echo", "").lower() == "false": continue
