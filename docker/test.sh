@@ -91,4 +91,5 @@ fi
 export BASE_IMAGE
 say "base image: $BASE_IMAGE"
 
-.venv/bin/python -m pytest tests/docker/docker_e2e.py "$@"
+# -n 0: one process; the tests share one engine and one compose stack
+.venv/bin/python -m pytest -n 0 tests/docker/docker_e2e.py "$@"
