@@ -14,7 +14,8 @@ from helpers import BIN, copy_run, free_port, run, stop_session, tiny_copy
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A fresh copy of the project (no data, reports or dvc.lock) with the WORLD settings, after one `dvc repro`:
-    the one pipeline run that every end-to-end test reading its results shares. `lock` is its dvc.lock right then.
+    the one pipeline run that every end-to-end test reading its results shares (one per pytest-xdist worker: a
+    session is a worker's). `lock` is its dvc.lock right then.
     Read it; a test that changes a workspace works in `tiny_workspace` (a copy) instead."""
     root = tiny_copy(tmp_path_factory.mktemp("pipeline") / "devchange")
     result = run(["dvc", "repro"], root)
