@@ -17,7 +17,8 @@ cannot reach. This builds the same kind of site with what the lock holds (nbconv
 
 Formulas written as TeX between `$` (inline) or `$$` (a block) become MathML (latex2mathml), which
 browsers draw without a script or a network. Every page has a sidebar linking all pages. A link to
-a notebook that is a page becomes a link to that page; a link to another file of the repository points at it under settings.ini's `git_url`.
+a notebook that is a page becomes a link to that page; a link to another file of the repository
+points at it under settings.ini's `git_url`.
 Headings get GitHub's anchors, so `#a-heading` works on GitHub and here alike."""
 from __future__ import annotations
 
