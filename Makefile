@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
-.PHONY: help env run test browser bench lab ui export examples readme docs guides lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report
+.PHONY: help env run test browser bench lab ui export examples readme docs guides lock promote retrain sweep emulate report image image-run test-docker repro-tiny pr-report test-quick
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,14 @@ run: env  ## run the whole pipeline (dvc repro)
 
 test: env airflow-env browser  ## every test: nbdev checks, library units, notebooks (nbval), pipeline end to end, DAGs
 	pytest
+
+# The modules that run a production loop or many pipelines: the real Airflow scheduler over four
+# months, the loop against an MLflow server, the DVC sweep and the benchmark harness. make test (and
+# so CI) runs them; test-quick, the run to make while you work, leaves them out.
+LOOP_TESTS := tests/test_airflow.py tests/test_tracking_pipeline.py tests/test_experiments.py tests/test_bench.py
+
+test-quick: env airflow-env browser  ## every test but LOOP_TESTS (Airflow's scheduler, the MLflow loop, the sweep, the bench)
+	pytest $(addprefix --ignore=,$(LOOP_TESTS))
 
 browser:  ## headless Chromium for the report's screenshot test: Debian's chromium, installed if no browser is (tools/browser.sh)
 	bash tools/browser.sh
