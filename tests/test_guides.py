@@ -1,6 +1,8 @@
 """The guides (nbs/guides/*.ipynb) run on tiny data: each in its own copy of the shared tiny pipeline
 run, executed with papermill as `make guides` does (tools/guides.py). A cell that fails, an assert
-included, fails the test; every guide checks at least one output of a command it runs."""
+included, fails the test; every guide checks at least one output of a command it runs; and the
+outputs saved in the guide (what the docs site shows) must be this run's, but for the values that
+change at every run (tools/guides.py's VOLATILE: MLflow run ids, commits made in the copy)."""
 import ast
 import json
 
@@ -35,6 +37,8 @@ def test_guide_runs_on_tiny_data(guide, tiny_pipeline, tmp_path):
     checked = [c for c in _code(executed) if _asserts("".join(c["source"])) and c["execution_count"]]
     assert checked, f"{guide.name}: no executed cell checks an output"
     assert all(c["execution_count"] for c in _code(executed)), f"{guide.name}: a code cell did not run"
+    stale = guides.stale_outputs(executed, guide, copy)  # what the docs site shows is what the code prints
+    assert not stale, f"{guide.name}: saved outputs differ from this run's, run `make guides`:\n" + "\n\n".join(stale)
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda g: g.stem)
@@ -51,3 +55,18 @@ def test_guide_is_skipped_by_nbdev_test_and_shows_saved_outputs(guide):
     text = json.dumps(nb)
     for path in ("devchange-guides-", "/tmp/pytest-", str(ROOT)):  # make guides' copies, the tests', this clone
         assert path not in text, f"{guide.name}: a saved output names a machine's path ({path})"
+
+
+def test_only_the_volatile_values_are_masked(tmp_path):
+    "Two runs that differ in run ids and the copy's commits agree; a changed figure is a stale output, with its diff."
+    def nb(text):
+        return {"cells": [{"cell_type": "code", "id": "c1", "source": "", "metadata": {}, "execution_count": None,
+                           "outputs": [{"output_type": "stream", "name": "stdout", "text": [text]}]}]}
+    saved = "run 3f2a9c0e8b7d4e1f9a6b5c4d3e2f1a0b, pipeline strict-drift 3f2a9c0e\n├── e5270c0 [strict-drift]\nlift 1.87 of user 1000025\n"
+    guide = tmp_path / "guide.ipynb"
+    guide.write_text(json.dumps(nb(saved)))
+    rerun = saved.replace("3f2a9c0e", "0b1c2d3e").replace("e5270c0", "1234567")
+    assert guides.stale_outputs(nb(rerun), guide, tmp_path) == []
+    [stale] = guides.stale_outputs(nb(rerun.replace("1.87", "1.88")), guide, tmp_path)
+    assert "-lift 1.87 of user 1000025" in stale and "+lift 1.88 of user 1000025" in stale, stale
+    assert guides.stale_outputs(nb(rerun.replace("1000025", "1000026")), guide, tmp_path)  # a user id is no hash

@@ -7,12 +7,15 @@ of a project that ran `dvc repro` once on the tests' tiny data (tests/helpers.py
 guide may change what it works on. Its front matter may set `tiny_params`, params.yaml keys its
 copy needs on tiny data. `make guides` writes the executed outputs back into the guides (what the
 docs site shows), with the copy's path written as `.`, then cleans them with nbdev_clean.
+tests/test_guides.py fails when a guide's saved outputs are not those of its run (`stale_outputs`).
 
     python tools/guides.py                # make guides: every guide
     python tools/guides.py production     # one guide, by name"""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -74,16 +77,68 @@ def _scrub(value, paths: list[str]):
     return value
 
 
+def _outputs(executed: dict, root: Path) -> dict[str, list]:
+    "Each code cell's outputs in `executed` (by cell id), with the copy's paths written as `.`."
+    paths = sorted({str(root), str(root.resolve())}, key=len, reverse=True)
+    return {c.get("id"): _scrub(c.get("outputs", []), paths) for c in executed["cells"] if c["cell_type"] == "code"}
+
+
 def save_outputs(executed: dict, guide: Path, root: Path) -> None:
     "Copy the outputs of `executed` into `guide`'s code cells (matched by cell id)."
     nb = json.loads(guide.read_text())
-    outputs = {c.get("id"): c.get("outputs", []) for c in executed["cells"] if c["cell_type"] == "code"}
-    paths = sorted({str(root), str(root.resolve())}, key=len, reverse=True)
+    outputs = _outputs(executed, root)
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
-            cell["outputs"] = _scrub(outputs.get(cell.get("id"), []), paths)
+            cell["outputs"] = outputs.get(cell.get("id"), [])
             cell["execution_count"] = None
     guide.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+# What changes at every run of a guide, whatever the code: a git commit made in the copy (its hash holds the
+# clock), DVC's name for an experiment commit, and MLflow's random run ids. Everything else a guide prints is a
+# function of the code and the tiny world, so a saved output that differs from a run's is stale.
+VOLATILE = [
+    (re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{32}\b"), "<run id>"),          # MLflow run id
+    (re.compile(r"(pipeline \S+ )[0-9a-f]{8}\b"), r"\1<run id>"),           # a run's name: stage, exp, id[:8]
+    (re.compile(r"\b[0-9a-f]{40}\b"), "<commit>"),                           # a full git commit
+    (re.compile(r"(── )[0-9a-f]{7}( \[)"), r"\1<commit>\2"),                # dvc exp show's experiment commits
+]
+
+
+def _stable(text: str) -> str:
+    for pattern, mask in VOLATILE: text = pattern.sub(mask, text)
+    return text
+
+
+def _shown(outputs: list) -> list[str]:
+    "What a reader sees of a cell's outputs, volatile values masked (execution counts and metadata left out)."
+    shown = []
+    for o in outputs:
+        if o["output_type"] == "stream":
+            shown.append(f"{o['name']}: " + _stable("".join(o["text"])))
+        elif o["output_type"] in ("display_data", "execute_result"):
+            for kind, v in sorted(o.get("data", {}).items()):
+                v = "".join(v) if isinstance(v, list) else str(v)
+                shown.append(f"{kind}: " + (hashlib.sha256(v.encode()).hexdigest()[:12] if kind.startswith("image/")
+                                            else _stable(v)))  # a plot's bytes, by hash: a diff of base64 says nothing
+        else:
+            shown.append(f"{o['output_type']}: {o.get('ename')}: {o.get('evalue')}")
+    return shown
+
+
+def stale_outputs(executed: dict, guide: Path, root: Path) -> list[str]:
+    "The cells of `guide` whose saved outputs differ from those of `executed` (run in `root`), each with a diff."
+    import difflib
+    ran = _outputs(executed, root)
+    stale = []
+    for i, cell in enumerate(json.loads(guide.read_text())["cells"]):
+        if cell["cell_type"] != "code": continue
+        saved, now = _shown(cell.get("outputs", [])), _shown(ran.get(cell.get("id"), []))
+        if saved != now:
+            diff = difflib.unified_diff("\n".join(saved).splitlines(), "\n".join(now).splitlines(),
+                                        "saved", "this run", n=1, lineterm="")
+            stale.append(f"cell {i} ({cell.get('id')}):\n" + "\n".join(list(diff)[:40]))
+    return stale
 
 
 def main(argv: list[str]) -> int:
