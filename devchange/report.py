@@ -188,8 +188,13 @@ def _month_ends(first: str, last: str) -> list[str]:
     return pd.date_range(first, last, freq="ME").strftime("%Y-%m-%d").tolist()
 
 
+def _span(months: list[str]) -> str:
+    return months[0] if len(months) == 1 else f"{months[0]} – {months[-1]}"
+
+
 def notes(months: list[dict], stream_months: list[str], reg: dict) -> list[str]:
-    "The clear lines: months without targets, months with no production directory, a registry without a champion."
+    """The clear lines: months without targets, months with no production directory, the stream's months after the
+    newest production month (one line: each would repeat it), a registry without a champion."""
     out = []
     if reg.get("error"): out.append(f"Registry: {reg['error']}.")
     elif CHAMPION not in reg["aliases"]:
@@ -198,14 +203,20 @@ def notes(months: list[dict], stream_months: list[str], reg: dict) -> list[str]:
                    + (f"`make promote` would judge challenger v{c}." if c else "`dvc repro` trains a challenger, then `make promote`."))
     dated = []  # (month, line): the months' lines in month order
     present = {m["month"] for m in months}
-    known = sorted(present | set(stream_months))
-    for month in (_month_ends(known[0], known[-1]) if known else []):
+    newest = max(present, default=None)
+    known = sorted(present | {m for m in stream_months if newest and m < newest})
+    for month in (_month_ends(known[0], newest) if newest else []):  # the gaps up to the newest month
         if month in present: continue
         if month in stream_months:
             dated.append((month, f"{month}: its features arrived but production has no directory for it: refused for bad "
                                  "input (`devchange score-month` exits 1 naming the problem and writes nothing) or not scored yet."))
         else:
             dated.append((month, f"{month}: no production directory: its input was refused or never arrived."))
+    waiting = [m for m in stream_months if newest is None or m > newest]
+    if waiting:
+        dated.append((waiting[0], f"{_span(waiting)}: features arrived in the stream ({len(waiting)} month(s)) and production "
+                                  "has no directory for them: not scored yet, or refused for bad input (`devchange "
+                                  "score-month` exits 1 naming the problem and writes nothing)."))
     for m in months:
         if m["champion"] is None:
             dated.append((m["month"], f"{m['month']}: {m['dir'].name}/{MONITORING} is missing (scoring did not finish); not shown."))
@@ -242,7 +253,9 @@ def next_steps(state: dict) -> list[str]:
     if reg.get("error"): return [f"Fix the registry first: {reg['error']}."]
     if champ is None:
         c = aliases.get(CHALLENGER)
-        return [f"Promote a champion: `make promote` judges challenger v{c} (the first one needs only the floor)." if c
+        return [f"Promote a champion: `make promote` judges challenger v{c} (the first one needs only the floor); then "
+                "`devchange score-month --features <file>` scores each month as it arrives (`make emulate` plays the "
+                "whole loop over the generated stream)." if c
                 else "Train a model (`dvc repro`), then `make promote` makes it the champion."]
     if newest is not None:
         month, status = newest["month"], newest["verdict"]["status"]

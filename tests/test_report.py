@@ -75,7 +75,10 @@ def test_a_registry_without_champion_is_a_clear_line(walk):
     assert "Champion: none in devchange" in text
     assert "Registry: model devchange has no champion, so no month can be scored; make promote would judge challenger v1" in text
     assert "No production month yet." in text
-    assert "Promote a champion: make promote judges challenger v1" in text
+    assert "Promote a champion: make promote judges challenger v1" in text and "make emulate plays the whole loop" in text
+    # the tiny run's stream months, none scored: one line, not one per month
+    assert "2020-09-30 – 2020-12-31: features arrived in the stream (4 month(s))" in text and text.count("refused") == 1
+    assert "No promotion decision in data/production/promotions.json yet." in text
     assert "Traceback" not in page and "Error" not in text
 
 
@@ -129,7 +132,9 @@ def test_a_month_without_targets_and_a_refused_month_are_clear_lines(walk):
     assert not (walk["root"] / "data" / "production" / REFUSED).exists()
     assert (f"{STREAM[1]}: targets not in yet; verdict {monitoring_doc(walk['root'], STREAM[1])['verdict']['status']} "
             "on drift only") in text
-    assert (f"{REFUSED}: its features arrived but production has no directory for it: refused for bad input") in text
+    # November's file was refused, December's never tried: production wrote nothing for either, so one line says both
+    assert (f"{REFUSED} – 2020-12-31: features arrived in the stream (2 month(s)) and production has no directory for "
+            "them: not scored yet, or refused for bad input") in text
     assert "Traceback" not in walk["final"][1]
 
 
