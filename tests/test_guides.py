@@ -62,11 +62,13 @@ def test_only_the_volatile_values_are_masked(tmp_path):
     def nb(text):
         return {"cells": [{"cell_type": "code", "id": "c1", "source": "", "metadata": {}, "execution_count": None,
                            "outputs": [{"output_type": "stream", "name": "stdout", "text": [text]}]}]}
-    saved = "run 3f2a9c0e8b7d4e1f9a6b5c4d3e2f1a0b, pipeline strict-drift 3f2a9c0e\n├── e5270c0 [strict-drift]\nlift 1.87 of user 1000025\n"
+    saved = ("run 3f2a9c0e8b7d4e1f9a6b5c4d3e2f1a0b, pipeline strict-drift 3f2a9c0e\n├── e5270c0 [strict-drift]\n"
+             '<table id="T_9c0e8"><td id="T_9c0e8_row0_col0">lift 1.87 of user 1000025</td></table>\n')
     guide = tmp_path / "guide.ipynb"
     guide.write_text(json.dumps(nb(saved)))
-    rerun = saved.replace("3f2a9c0e", "0b1c2d3e").replace("e5270c0", "1234567")
+    rerun = saved.replace("3f2a9c0e", "0b1c2d3e").replace("e5270c0", "1234567").replace("9c0e8", "a41b2")
     assert guides.stale_outputs(nb(rerun), guide, tmp_path) == []
     [stale] = guides.stale_outputs(nb(rerun.replace("1.87", "1.88")), guide, tmp_path)
-    assert "-lift 1.87 of user 1000025" in stale and "+lift 1.88 of user 1000025" in stale, stale
+    assert ('-<table id="T_<uuid>"><td id="T_<uuid>_row0_col0">lift 1.87 of user 1000025</td></table>' in stale
+            and "+<table" in stale and "lift 1.88" in stale), stale
     assert guides.stale_outputs(nb(rerun.replace("1000025", "1000026")), guide, tmp_path)  # a user id is no hash

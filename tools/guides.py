@@ -95,13 +95,14 @@ def save_outputs(executed: dict, guide: Path, root: Path) -> None:
 
 
 # What changes at every run of a guide, whatever the code: a git commit made in the copy (its hash holds the
-# clock), DVC's name for an experiment commit, and MLflow's random run ids. Everything else a guide prints is a
+# clock), DVC's name for an experiment commit, MLflow's random run ids and pandas' random ids of styled tables. Everything else a guide prints is a
 # function of the code and the tiny world, so a saved output that differs from a run's is stale.
 VOLATILE = [
     (re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{32}\b"), "<run id>"),          # MLflow run id
     (re.compile(r"(pipeline \S+ )[0-9a-f]{8}\b"), r"\1<run id>"),           # a run's name: stage, exp, id[:8]
     (re.compile(r"\b[0-9a-f]{40}\b"), "<commit>"),                           # a full git commit
     (re.compile(r"(── )[0-9a-f]{7}( \[)"), r"\1<commit>\2"),                # dvc exp show's experiment commits
+    (re.compile(r"\bT_[0-9a-f]{5}(?=[_\"\s])"), "T_<uuid>"),                 # a pandas Styler table's random id
 ]
 
 
