@@ -75,16 +75,31 @@ def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths:
     return RawData(source, len(oracle), stream)
 
 # %% ../nbs/06_raw_data.ipynb #4e30c8d3
+def _months_text(month: pa.ChunkedArray) -> str:
+    "The distinct values of a `month` column: dates as YYYY-MM-DD; anything else as it is, for the contract to refuse."
+    values = month.unique()
+    if pa.types.is_timestamp(values.type):
+        return ", ".join(sorted(values.to_pandas().dt.strftime("%Y-%m-%d")))
+    shown = sorted(map(str, values.to_pylist()))
+    return f"not dates ({values.type}): " + ", ".join(shown[:6]) + (", …" if len(shown) > 6 else "")
+
+
 def raw_files_summary(paths: Paths) -> pd.DataFrame:
-    "One row per raw file: rows, columns, months and megabytes."
+    """One row per raw file: rows, columns, months and megabytes. It describes what it finds and never fails on
+    it: your own files are checked by the contract in the `validate` stage, which names what is wrong."""
     rows = []
     for role in RAW_FILES:
         path = paths.raw_file(role)
-        table = feather.read_table(path, columns=["month"])
-        months = sorted(table.column("month").unique().to_pandas().dt.strftime("%Y-%m-%d"))
-        with pa.memory_map(str(path)) as source: n_columns = len(pa.ipc.open_file(source).schema)
-        rows.append({"file": str(path.relative_to(paths.root)), "rows": table.num_rows, "columns": n_columns,
-                     "months": ", ".join(months), "MB": round(path.stat().st_size / 1e6, 2)})
+        row = {"file": str(path.relative_to(paths.root)), "rows": None, "columns": None, "months": None,
+               "MB": round(path.stat().st_size / 1e6, 2)}
+        try:
+            with pa.memory_map(str(path)) as source: names = pa.ipc.open_file(source).schema.names
+            table = feather.read_table(path, columns=["month"] if "month" in names else names[:1])
+            row.update(rows=table.num_rows, columns=len(names),
+                       months=_months_text(table.column("month")) if "month" in names else "no month column")
+        except (pa.ArrowInvalid, OSError) as e:
+            row["months"] = f"not a readable feather file ({type(e).__name__})"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_raw_data.ipynb #46491517

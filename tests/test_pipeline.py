@@ -176,17 +176,28 @@ def test_pipeline_runs_unchanged_on_own_data(own_data):
     assert (root / "data/predictions/scoring.parquet").is_file()
 
 
-def test_contract_violation_stops_the_pipeline_and_keeps_earlier_outputs(own_data):
+VIOLATIONS = [  # (what is wrong in your target.feather, how to spoil it, what the message must say)
+    ("a target of 2", lambda t: t.assign(target=t["target"].where(~t.index.isin([3, 7, 11]), 2)), ("'target'", "3 rows")),
+    # the generate stage copies and describes the file; the contract, in validate, says what is wrong
+    ("months as text", lambda t: t.assign(month=t["month"].dt.strftime("%Y-%m")), ("'month'", "expected datetime64")),
+]
+
+
+@pytest.mark.parametrize("spoil, says", [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS])
+def test_contract_violation_stops_the_pipeline_and_keeps_earlier_outputs(own_data, spoil, says):
     root, folder = own_data
     kept = {f: sha256(root / f) for f in ("data/processed/train.parquet", "reports/metrics/data.json",
                                            "reports/validate.html", "models/model.joblib")}
-    target = pd.read_feather(folder / "target.feather")
-    target.loc[[3, 7, 11], "target"] = 2
-    target.to_feather(folder / "target.feather")
-    p = run(["dvc", "repro"], root, check=False)
+    good = (folder / "target.feather").read_bytes()
+    try:
+        spoil(pd.read_feather(folder / "target.feather")).to_feather(folder / "target.feather")
+        p = run(["dvc", "repro"], root, check=False)
+    finally:
+        (folder / "target.feather").write_bytes(good)
     assert p.returncode != 0
     message = p.stdout + p.stderr
-    assert "target.feather" in message and "'target'" in message and "3 rows" in message, message[-3000:]
+    assert "Running stage 'validate'" in p.stdout, message[-3000:]
+    assert "target.feather" in message and all(s in message for s in says), message[-3000:]
     assert "Running stage 'featurize'" not in p.stdout
     assert {f: sha256(root / f) for f in kept} == kept
     assert (root / "reports/failed/validate.ipynb").is_file()
