@@ -54,6 +54,19 @@ def _empty(**dtypes: str) -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
 
 
+def _your_files(folder: Path) -> dict[str, Path]:
+    """Your four files in `folder`, by role, each found and readable as feather: checked before any is copied, so
+    that a missing or broken one leaves `data/raw` as it was. What they hold is the contract's business (`validate`)."""
+    files = {role: require(folder / name) for role, name in RAW_FILES.items()}
+    for path in files.values():
+        try:
+            feather.read_table(path, columns=[])
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{path}: not a readable feather file ({type(e).__name__}: {e}); data.dir must hold "
+                             "the brief's four files as feather") from None
+    return files
+
+
 def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths: Paths) -> RawData:
     "The four raw files, the oracle and the production stream, generated or (`data.source: directory`) copied."
     raw_files = {role: paths.raw_file(role) for role in RAW_FILES}
@@ -65,9 +78,9 @@ def write_raw_data(data: DataParams, generate: GenerateParams, seed: int, paths:
         for role, path in raw_files.items(): write_table(tables.pop(role), path)
         oracle, source = tables.pop("oracle"), "generate"
     else:
-        folder = (paths.root / data.dir).resolve()
+        yours = _your_files((paths.root / data.dir).resolve())
         for role, path in raw_files.items():
-            with atomic_path(path) as tmp: shutil.copyfile(require(folder / RAW_FILES[role]), tmp)
+            with atomic_path(path) as tmp: shutil.copyfile(yours[role], tmp)
         oracle, source = _empty(user_id="int64", month="datetime64[ns]", probability="float64"), f"directory {data.dir}"
         empty = _empty(user_id="int64", month="datetime64[ns]")
         stream = write_stream([(empty, empty)], paths.stream)
