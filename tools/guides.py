@@ -95,8 +95,9 @@ def save_outputs(executed: dict, guide: Path, root: Path) -> None:
 
 
 # What changes at every run of a guide, whatever the code: a git commit made in the copy (its hash holds the
-# clock), DVC's name for an experiment commit, MLflow's random run ids and pandas' random ids of styled tables. Everything else a guide prints is a
-# function of the code and the tiny world, so a saved output that differs from a run's is stale.
+# clock), DVC's name for an experiment commit, MLflow's random run ids and pandas' random ids of styled tables.
+# Everything else a guide prints is a function of the code and the tiny world, so a saved output that differs
+# from a run's is stale.
 VOLATILE = [
     (re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{32}\b"), "<run id>"),          # MLflow run id
     (re.compile(r"(pipeline \S+ )[0-9a-f]{8}\b"), r"\1<run id>"),           # a run's name: stage, exp, id[:8]
